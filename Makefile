@@ -1,0 +1,33 @@
+# Each target sets itself up: `make demo` and `make test` work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: the CPU build (on GPU servers use environment.yml instead).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m segkit demo
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check segkit tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf outputs/cache outputs/runs outputs/predictions outputs/pseudo outputs/ensembles

@@ -1,0 +1,46 @@
+"""Where segkit writes: `outputs/` of the checkout (or $SEGKIT_OUTPUTS), and atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def outputs_dir() -> Path:
+    """The outputs folder: $SEGKIT_OUTPUTS, else `outputs/` beside the package (an editable
+    install), else `./outputs`. Notebooks run from `notebooks/` still write to one place."""
+    env = os.environ.get("SEGKIT_OUTPUTS")
+    if env:
+        return Path(env)
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / "outputs"
+    return Path.cwd() / "outputs"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds,
+    so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny data the tests make themselves (never ../shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segkit.sample import make_sample
+
+
+@pytest.fixture(autouse=True)
+def _outputs_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test writes its outputs (and label caches) under a temporary folder."""
+    monkeypatch.setenv("SEGKIT_OUTPUTS", str(tmp_path_factory.getbasetemp() / "outputs"))
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset in the competition layout (read-only: copy before changing)."""
+    return make_sample(tmp_path_factory.mktemp("sample"), n_train=24, n_test=6, size=96, seed=0)
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def tiny_coco():
+    """A hand-written two-image COCO dict: polygons, an uncompressed RLE and a compressed one."""
+    return {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 6},
+                   {"id": 2, "file_name": "b.jpg", "width": 8, "height": 6}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1,
+             "segmentation": [[0, 0, 8, 0, 8, 6, 0, 6]]},  # whole image: General trash
+            {"id": 11, "image_id": 1, "category_id": 9,
+             "segmentation": [[2, 2, 5, 2, 5, 5, 2, 5]]},  # small square on top: Battery
+            {"id": 12, "image_id": 2, "category_id": 2,
+             "segmentation": {"size": [6, 8], "counts": [6, 6, 36]}},  # column 1: Paper
+        ],
+        "categories": [{"id": 1, "name": "General trash"}, {"id": 2, "name": "Paper"},
+                       {"id": 9, "name": "Battery"}],
+    }
