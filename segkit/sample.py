@@ -24,7 +24,7 @@ import numpy as np
 from segkit.classes import TRASH
 from segkit.coco import write_coco
 from segkit.errors import ParameterError
-from segkit.paths import atomic_path
+from segkit.paths import atomic_path, outputs_dir
 
 BATCHES = ("batch_01_vt", "batch_02_vt", "batch_03")
 # How often each class (1..10) is drawn: Battery and Clothing rare, as in the real data.
@@ -234,4 +234,23 @@ def make_sample(root: str | os.PathLike, n_train: int = 80, n_test: int = 20, si
     (root / "README.txt").write_text(
         "Synthetic sample made by segkit.sample.make_sample: not real photos.\n"
         + json.dumps({"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}) + "\n")
+    return root
+
+
+def default_sample_root() -> Path:
+    """The embedded sample under `outputs/sample`, generated on first use (512x512, like the
+    competition photos)."""
+    root = outputs_dir() / "sample"
+    if not (root / "test.json").exists():
+        make_sample(root)
+    return root
+
+
+def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
+    """A notebook's `data_root` parameter: empty means the embedded synthetic sample."""
+    if not data_root:
+        return default_sample_root()
+    root = Path(data_root)
+    if not root.is_dir():
+        raise ParameterError(f"data_root {str(root)!r} is not a folder")
     return root

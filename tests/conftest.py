@@ -44,3 +44,26 @@ def tiny_coco():
         "categories": [{"id": 1, "name": "General trash"}, {"id": 2, "name": "Paper"},
                        {"id": 9, "name": "Battery"}],
     }
+
+
+def run_notebook(name: str, tmp_path: Path, **parameters):
+    """Execute notebooks/<name>.ipynb with papermill on tiny parameters; returns the executed
+    notebook as a dict (cells with outputs) for assertions."""
+    import nbformat
+
+    from segkit.pipeline import run_notebook as _run
+
+    out = _run(name, tmp_path / f"{name}.executed.ipynb", parameters)
+    return nbformat.read(str(out), as_version=4)
+
+
+def notebook_text(nb) -> str:
+    """All text outputs (stream, plain-text results) of an executed notebook, joined."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+            elif "data" in out and "text/plain" in out["data"]:
+                parts.append(out["data"]["text/plain"])
+    return "\n".join(parts)
