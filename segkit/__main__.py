@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segkit.errors import SegkitError
+from segkit.errors import ParameterError, SegkitError
 
 
 def _cmd_sample(args) -> int:
@@ -32,6 +32,42 @@ def _cmd_check_coco(args) -> int:
     return 2 if problems else 0
 
 
+def _cmd_check_submission(args) -> int:
+    from segkit.submission import validate_submission
+
+    problems = validate_submission(args.csv, args.test_json, args.num_classes, tuple(args.size))
+    for p in problems:
+        print(f"error: {p}")
+    if problems:
+        print(f"{args.csv}: {len(problems)} problems")
+        return 2
+    print(f"{args.csv}: OK, matches {args.test_json}")
+    return 0
+
+
+def _cmd_ensemble(args) -> int:
+    from segkit.ensemble import hard_vote, soft_vote_submission
+
+    # `--weights 1 2 a.csv b.csv`: the numbers are weights, the rest inputs.
+    weights, inputs = None, list(args.inputs)
+    if args.weights is not None:
+        weights = []
+        for k, token in enumerate(args.weights):
+            try:
+                weights.append(float(token))
+            except ValueError:
+                inputs = args.weights[k:] + inputs
+                break
+    if not inputs:
+        raise ParameterError("ensemble needs input submissions or prediction folders")
+    if args.method == "hard":
+        out = hard_vote(inputs, args.out, weights, args.num_classes, tuple(args.size))
+    else:
+        out = soft_vote_submission(inputs, args.out, weights)
+    print(f"wrote the {args.method} vote of {len(inputs)} inputs to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m segkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--data-root", default=None, help="folder the file_name entries are relative to")
     p.set_defaults(func=_cmd_check_coco)
+
+    p = sub.add_parser("check-submission",
+                       help="list every problem of a submission CSV against test.json")
+    p.add_argument("csv")
+    p.add_argument("--test-json", required=True, help="the test.json the rows must follow")
+    p.add_argument("--num-classes", type=int, default=11)
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    p.set_defaults(func=_cmd_check_submission)
+
+    p = sub.add_parser("ensemble", help="vote submissions (hard) or prediction folders (soft) "
+                                        "into a submission CSV")
+    p.add_argument("inputs", nargs="*",
+                   help="submission CSVs (hard) or prediction folders (soft)")
+    p.add_argument("--method", choices=["hard", "soft"], required=True)
+    p.add_argument("--out", required=True, help="the submission CSV to write")
+    p.add_argument("--weights", nargs="+", default=None,
+                   help="one weight per input (default: equal)")
+    p.add_argument("--num-classes", type=int, default=11,
+                   help="hard vote only; a soft vote takes the classes from meta.json")
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="hard vote only: the label map size of the rows")
+    p.set_defaults(func=_cmd_ensemble)
 
     return parser
 
