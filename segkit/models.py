@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -75,7 +75,7 @@ def mmseg_configs_dir() -> Path:
     return Path(mmseg.__file__).parent / ".mim" / "configs"
 
 
-@lru_cache(maxsize=None)
+@cache
 def zoo_checkpoint(config: str) -> str | None:
     """The whole-model checkpoint URL the installed mmseg's metafile lists for a config."""
     import yaml
