@@ -1,0 +1,381 @@
+"""More of the rare classes: paste their instances onto background-heavy training images.
+
+Instances of the chosen classes (default Battery and Clothing) are cut out of the training
+file's images (only their visible pixels, so nothing that covers them comes along), scaled,
+rotated and maybe flipped, and pasted at a random spot *fully inside* a target image. Targets
+are the training images with the highest background share, taken in that order (round robin
+when more images are asked for than there are). Labels follow the picture: a pasted object
+covers what lies under it, the covered parts of earlier annotations (and of objects pasted
+before it) are cut away, annotations left with no pixel are dropped. Cut and pasted
+annotations are stored as compressed COCO RLE; untouched ones keep their original polygons.
+
+Output convention (what training needs to know): everything goes into one folder,
+`outputs/copy_paste/<name>/`:
+
+    annotations.json   COCO file listing only the generated images
+    images/00000.jpg   the generated images; file_name in the JSON is "images/00000.jpg",
+                       i.e. relative to the folder that holds annotations.json
+    pasted.csv         one row per pasted object: new image, target image, source annotation,
+                       class, scale, rotation, flip, pixels covered when pasted, and its
+                       annotation id in annotations.json (-1: later pastes covered it all)
+
+so training lists the pair (`<name>/annotations.json`, data root `<name>/`) beside the fold
+file and its own data root (`CopyPasteResult.coco_file` and `.data_root`). Image ids continue
+after the largest id of the source file, annotation ids likewise. The source images and JSON
+are only read; same inputs and seed give the same bytes; the folder appears complete or not
+at all (it is built aside and renamed into place).
+
+Example:
+    >>> train = load_coco("outputs/splits/fold0_train.json")               # doctest: +SKIP
+    >>> result = copy_paste(train, "data", name="fold0", images_per_class={"Battery": 50,
+    ...                     "Clothing": 100}, seed=0)                       # doctest: +SKIP
+    >>> result.coco_file, result.data_root                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
+
+from segkit.classes import BACKGROUND, ClassTable
+from segkit.coco import Coco, _compressed_rle, load_coco, read_image, write_coco
+from segkit.errors import ParameterError
+from segkit.paths import outputs_dir, write_bytes_atomic, write_text_atomic
+
+DEFAULT_CLASSES = ("Battery", "Clothing")
+MIN_INSTANCE_PIXELS = 16  # smaller visible remnants are slivers, not objects worth pasting
+JPEG_QUALITY = 95
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class CopyPasteResult:
+    """Where the generated data is: the COCO file and the folder its file names start from."""
+
+    coco_file: Path
+    data_root: Path
+    pasted: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Instance:
+    annotation_id: int
+    image_id: int
+    class_name: str
+    category_id: int
+
+
+def _decode(segmentation, height: int, width: int) -> np.ndarray:
+    rle = {"size": [height, width], "counts": _compressed_rle(segmentation, height, width)}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def visible_masks(annotations: list[dict], height: int, width: int) -> list[np.ndarray]:
+    """Each annotation's full mask and, painted largest first (segkit's label-map rule), the
+    part of it that stays visible: returns [(full, visible), ...] in the given order."""
+    full = [_decode(a["segmentation"], height, width) for a in annotations]
+    areas = np.array([m.sum() for m in full], np.int64)
+    owner = np.full((height, width), -1, np.int32)
+    for k in np.argsort(-areas, kind="stable"):
+        owner[full[k]] = k
+    return [(m, owner == k) for k, m in enumerate(full)]
+
+
+def _encode(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict:
+    rle = _encode(mask)
+    bbox = mask_utils.toBbox({**rle, "counts": rle["counts"].encode("ascii")})
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id,
+            "segmentation": rle, "area": int(mask.sum()),
+            "bbox": [float(v) for v in bbox], "iscrowd": 0}
+
+
+def _check_parameters(classes, images_per_class, objects_per_image, scale_range,
+                      rotation_range, seed, name) -> dict[str, int]:
+    if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
+        raise ParameterError(f"classes must be a non-empty list of class names, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise ParameterError(f"classes lists a class twice: {list(classes)}")
+    if isinstance(images_per_class, Mapping):
+        extra = [c for c in images_per_class if c not in classes]
+        if extra:
+            raise ParameterError(f"images_per_class names {extra}, which are not in classes; "
+                                 f"allowed: {', '.join(classes)}")
+        counts = {c: images_per_class.get(c, 0) for c in classes}
+    else:
+        counts = {c: images_per_class for c in classes}
+    for c, n in counts.items():
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+            raise ParameterError(f"images_per_class for {c!r} must be an integer >= 0, got {n!r}")
+    if sum(counts.values()) == 0:
+        raise ParameterError("images_per_class asks for no image at all")
+    if not isinstance(objects_per_image, (int, np.integer)) or isinstance(objects_per_image,
+                                                                           bool) \
+            or objects_per_image < 1:
+        raise ParameterError(f"objects_per_image must be an integer >= 1, got {objects_per_image!r}")
+    try:
+        lo, hi = (float(v) for v in scale_range)
+    except (TypeError, ValueError):
+        raise ParameterError(f"scale_range must be (low, high), got {scale_range!r}") from None
+    if not 0 < lo <= hi:
+        raise ParameterError(f"scale_range must satisfy 0 < low <= high, got {scale_range!r}")
+    try:
+        lo, hi = (float(v) for v in rotation_range)
+    except (TypeError, ValueError):
+        raise ParameterError(f"rotation_range must be (low, high) in degrees, "
+                             f"got {rotation_range!r}") from None
+    if not -180 <= lo <= hi <= 180:
+        raise ParameterError(f"rotation_range must satisfy -180 <= low <= high <= 180 (degrees), "
+                             f"got {rotation_range!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ParameterError(f"name must be a plain folder name (letters, digits, _ . -), "
+                             f"got {name!r}")
+    return {c: int(n) for c, n in counts.items()}
+
+
+def instance_pool(coco: Coco, class_names: Sequence[str], classes: ClassTable | None = None
+                  ) -> dict[str, list[_Instance]]:
+    """Instances of each class that show at least MIN_INSTANCE_PIXELS visible pixels.
+
+    Unknown or Background names, and classes with no such instance, raise a ParameterError
+    listing the allowed names."""
+    classes = classes or ClassTable.for_coco(coco.categories)
+    pastable = [n for n in classes.names if n != BACKGROUND]
+    for name in class_names:
+        if name == BACKGROUND or name not in classes.names:
+            raise ParameterError(f"unknown class {name!r} in classes; allowed: "
+                                 f"{', '.join(pastable)}")
+    category_of = {c["name"]: c["id"] for c in coco.categories}
+    wanted = {category_of[n]: n for n in class_names if n in category_of}
+    pool: dict[str, list[_Instance]] = {n: [] for n in class_names}
+    for image in coco.images:
+        anns = coco.annotations_by_image[image["id"]]
+        if not any(a["category_id"] in wanted for a in anns):
+            continue
+        for ann, (_, visible) in zip(anns, visible_masks(anns, image["height"], image["width"])):
+            if ann["category_id"] in wanted and visible.sum() >= MIN_INSTANCE_PIXELS:
+                name = wanted[ann["category_id"]]
+                pool[name].append(_Instance(ann["id"], image["id"], name, ann["category_id"]))
+    empty = [n for n, instances in pool.items() if not instances]
+    if empty:
+        annotated = {a["category_id"] for a in coco.annotations}
+        allowed = [c["name"] for c in sorted(coco.categories, key=lambda c: c["id"])
+                   if c["id"] in annotated and c["name"] not in empty]
+        raise ParameterError(
+            f"no instance of {', '.join(map(repr, empty))} (with >= {MIN_INSTANCE_PIXELS} "
+            f"visible pixels) to paste in {coco.path}; classes with annotations there: "
+            f"{', '.join(allowed) or 'none'}")
+    return pool
+
+
+def _transform(rgb: np.ndarray, mask: np.ndarray, scale: float, angle: float, flip: bool,
+               max_h: int, max_w: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Flip, scale and rotate a cut-out; shrink it further if it would not fit the target."""
+    if flip:
+        rgb, mask = rgb[:, ::-1], mask[:, ::-1]
+    h, w = mask.shape
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+    for _ in range(2):  # a second pass only when the first result is larger than the target
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+        moved = corners @ matrix[:, :2].T + matrix[:, 2]
+        lo, hi = moved.min(0), moved.max(0)
+        out_w, out_h = int(np.ceil(hi[0] - lo[0])), int(np.ceil(hi[1] - lo[1]))
+        if out_w <= max_w and out_h <= max_h:
+            break
+        scale *= min(max_w / out_w, max_h / out_h) * 0.98
+    out_w, out_h = max(1, min(out_w, max_w)), max(1, min(out_h, max_h))
+    matrix[:, 2] -= lo
+    rgb_out = cv2.warpAffine(np.ascontiguousarray(rgb), matrix, (out_w, out_h),
+                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    mask_out = cv2.warpAffine(np.ascontiguousarray(mask).astype(np.uint8), matrix,
+                              (out_w, out_h), flags=cv2.INTER_NEAREST, borderValue=0)
+    return rgb_out, mask_out.astype(bool), scale
+
+
+def copy_paste(coco: Coco, data_root: str | os.PathLike, name: str = "default",
+               classes: Sequence[str] = DEFAULT_CLASSES,
+               images_per_class: int | Mapping[str, int] = 10, objects_per_image: int = 2,
+               scale_range: tuple[float, float] = (0.75, 1.25),
+               rotation_range: tuple[float, float] = (-30.0, 30.0), seed: int = 0,
+               out_root: str | os.PathLike | None = None) -> CopyPasteResult:
+    """Generate images with pasted rare-class instances into `<out_root>/<name>/`.
+
+    `coco` is the training file (e.g. a fold's train file) whose images live under
+    `data_root`; `images_per_class` is one number for every class or a {class: count} dict;
+    each new image gets `objects_per_image` instances of its class. `out_root` defaults to
+    `outputs/copy_paste`. Every parameter is checked before anything is written.
+
+    Example:
+        >>> result = copy_paste(train, "data", classes=["Clothing"], images_per_class=100)
+        ...                                                               # doctest: +SKIP
+    """
+    from segkit.eda import background_share, pixel_counts
+
+    counts = _check_parameters(classes, images_per_class, objects_per_image, scale_range,
+                               rotation_range, seed, name)
+    if not coco.images:
+        raise ParameterError(f"{coco.path} has no images to paste onto")
+    table = ClassTable.for_coco(coco.categories)
+    pool = instance_pool(coco, list(classes), table)
+    targets = background_share(pixel_counts(coco, table)).index.tolist()
+    out_root = Path(out_root) if out_root is not None else outputs_dir() / "copy_paste"
+    final = out_root / name
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
+    try:
+        document, pasted = _generate(coco, Path(data_root), counts, pool, targets,
+                                     objects_per_image, scale_range, rotation_range, seed,
+                                     staging)
+        write_coco(document, staging / "annotations.json")
+        write_text_atomic(staging / "pasted.csv", pasted.to_csv(index=False, lineterminator="\n",
+                                                                float_format="%.6g"))
+        _swap_into_place(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CopyPasteResult(final / "annotations.json", final, pasted)
+
+
+def _swap_into_place(staging: Path, final: Path) -> None:
+    """Replace `final` by `staging` with renames only, so readers see the old or the new."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_range,
+              rotation_range, seed, folder):
+    images_out, annotations_out, log = [], [], []
+    next_image_id = max(img["id"] for img in coco.images) + 1
+    next_ann_id = max((a["id"] for a in coco.annotations), default=-1) + 1
+    cutouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    annotation_by_id = {a["id"]: a for a in coco.annotations}
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+
+    def cutout(instance: _Instance):
+        if instance.annotation_id not in cutouts:
+            info = coco.image_by_id[instance.image_id]
+            anns = coco.annotations_by_image[instance.image_id]
+            k = next(i for i, a in enumerate(anns) if a["id"] == instance.annotation_id)
+            visible = visible_masks(anns, info["height"], info["width"])[k][1]
+            ys, xs = np.nonzero(visible)
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            rgb = read_image(data_root, info)[y0:y1, x0:x1].copy()
+            cutouts[instance.annotation_id] = (rgb, visible[y0:y1, x0:x1].copy())
+        return cutouts[instance.annotation_id]
+
+    job = 0
+    for class_name, n_images in counts.items():
+        for _ in range(n_images):
+            rng = np.random.default_rng([seed, job])
+            target = coco.image_by_id[targets[job % len(targets)]]
+            h, w = target["height"], target["width"]
+            picture = read_image(data_root, target).copy()
+            new_id = next_image_id + job
+            anns = coco.annotations_by_image[target["id"]]
+            # [annotation or None, category id, current mask, visible mask, changed?, log row]
+            regions = [[a, a["category_id"], full, visible, False, None]
+                       for a, (full, visible) in zip(anns, visible_masks(anns, h, w))]
+            for _ in range(objects_per_image):
+                instance = pool[class_name][int(rng.integers(len(pool[class_name])))]
+                rgb, mask = cutout(instance)
+                scale = float(rng.uniform(*scale_range))
+                angle = float(rng.uniform(*rotation_range))
+                flip = bool(rng.random() < 0.5)
+                rgb_t, mask_t, scale = _transform(rgb, mask, scale, angle, flip, h, w)
+                y = int(rng.integers(0, h - mask_t.shape[0] + 1))
+                x = int(rng.integers(0, w - mask_t.shape[1] + 1))
+                covered = np.zeros((h, w), bool)
+                covered[y:y + mask_t.shape[0], x:x + mask_t.shape[1]] = mask_t
+                if not covered.any():
+                    continue
+                picture[covered] = rgb_t[mask_t]
+                for region in regions:
+                    if (region[2] & covered).any():  # touched: keep only what still shows
+                        region[3] = region[3] & ~covered
+                        region[2] = region[3]
+                        region[4] = True
+                regions.append([None, instance.category_id, covered, covered.copy(), True,
+                                len(log)])
+                log.append([new_id, f"images/{job:05d}.jpg", class_name, target["id"],
+                            instance.annotation_id, instance.image_id, scale, angle, flip,
+                            int(covered.sum()), -1])
+            for original, category_id, _, visible, changed, log_row in regions:
+                if not changed:
+                    source = annotation_by_id[original["id"]]
+                    annotations_out.append({**source, "id": next_ann_id, "image_id": new_id})
+                elif visible.any():
+                    annotations_out.append(_annotation(next_ann_id, new_id, category_id, visible))
+                    if log_row is not None:
+                        log[log_row][-1] = next_ann_id
+                else:
+                    continue  # fully covered: dropped
+                next_ann_id += 1
+            file_name = f"images/{job:05d}.jpg"
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise OSError(f"could not encode {file_name}")
+            write_bytes_atomic(folder / file_name, buf.tobytes())
+            images_out.append({"id": new_id, "file_name": file_name, "height": h, "width": w})
+            job += 1
+    extra = {k: v for k, v in coco.extra.items() if k in ("info", "licenses")}
+    document = {**extra, "images": images_out, "annotations": annotations_out,
+                "categories": coco.categories}
+    pasted = pd.DataFrame(log, columns=["image_id", "file_name", "class", "target_image_id",
+                                        "source_annotation_id", "source_image_id", "scale",
+                                        "rotation", "flip", "pixels", "annotation_id"])
+    return document, pasted
+
+
+def class_counts(before: Coco, generated: Coco, classes: ClassTable) -> pd.DataFrame:
+    """Annotations and pixels per class in the training file, in the generated file, and in
+    both together (what training sees when it lists them side by side).
+
+    Example:
+        >>> class_counts(train, load_coco(result.coco_file), TRASH)       # doctest: +SKIP
+    """
+    from segkit.eda import pixel_counts
+
+    def annotations(coco):
+        mapping = classes.category_to_index(coco.categories, str(coco.path))
+        found = np.bincount([mapping[a["category_id"]] for a in coco.annotations],
+                            minlength=len(classes))
+        return pd.Series(found[: len(classes)], index=list(classes.names))
+
+    table = pd.DataFrame({"annotations_before": annotations(before),
+                          "annotations_added": annotations(generated)})
+    table["annotations_after"] = table["annotations_before"] + table["annotations_added"]
+    pixels_before = pixel_counts(before, classes).sum()
+    pixels_after = pixels_before + pixel_counts(generated, classes).sum()
+    table["pixel_share_before"] = pixels_before / pixels_before.sum()
+    table["pixel_share_after"] = pixels_after / pixels_after.sum()
+    table.index.name = "class"
+    return table
+
+
+def load_result(folder: str | os.PathLike) -> tuple[Coco, Path]:
+    """The generated COCO file of a copy-paste folder and the data root its file names need."""
+    folder = Path(folder)
+    return load_coco(folder / "annotations.json"), folder

@@ -1,0 +1,276 @@
+"""What is in the data: per-class statistics as pandas tables.
+
+Two tables carry everything, and every other table is derived from them:
+
+* `object_sizes(coco, classes)`: one row per annotation (class, image, mask area in pixels).
+  The area is the annotation's own mask, before any other object covers part of it.
+* `pixel_counts(coco, classes)`: one row per image, one column per class, the pixels of each
+  class in the image's label map (largest annotation painted first, the segkit rule). With
+  `cache=True` the label maps come from `segkit.coco.cached_label_maps` (rasterised once, then
+  read); with `cache=False` each image is rasterised and counted with `np.bincount` without
+  storing its map, which keeps huge photos (TACO's 2448x3264) cheap on disk. No image file is
+  read either way: statistics work on annotation files whose images are absent.
+
+Sizes follow the COCO buckets: small < 32x32 px, medium < 96x96 px, large otherwise.
+
+Example:
+    >>> coco = load_for_statistics("data/train_all.json")            # doctest: +SKIP
+    >>> classes = ClassTable.for_coco(coco.categories)              # doctest: +SKIP
+    >>> sizes, pixels = object_sizes(coco, classes), pixel_counts(coco, classes)  # doctest: +SKIP
+    >>> class_summary(sizes, pixels, classes)                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
+
+from segkit.classes import BACKGROUND, ClassTable
+from segkit.coco import (
+    Coco,
+    _compressed_rle,
+    cached_label_maps,
+    image_path,
+    rasterize,
+    read_json,
+    read_label,
+    validate,
+)
+from segkit.errors import CocoError, ParameterError
+from segkit.paths import write_text_atomic
+
+SMALL_AREA = 32 * 32
+MEDIUM_AREA = 96 * 96
+SIZE_BUCKETS = ("small", "medium", "large")
+
+
+def load_for_statistics(path: str | os.PathLike) -> Coco:
+    """`load_coco` for statistics: duplicate annotation ids are renumbered in memory.
+
+    Real files have them (TACO's annotations.json reuses ids 309 and 4040); no statistic
+    depends on annotation ids, so instead of refusing the file, each repeat gets a new id
+    after the largest one and the change is listed in `coco.warnings`. Every other problem
+    raises a CocoError as `load_coco` does. The file itself is never changed.
+
+    Example:
+        >>> coco = load_for_statistics("taco/annotations.json")     # doctest: +SKIP
+        >>> [w for w in coco.warnings if "renumbered" in w]         # doctest: +SKIP
+    """
+    path = Path(path)
+    data, raw = read_json(path)
+    notes = []
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if isinstance(annotations, list):
+        ids = [a.get("id") for a in annotations if isinstance(a, dict)]
+        numeric = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+        next_id = max(numeric, default=-1) + 1
+        seen: set = set()
+        renumbered = []
+        for ann in annotations:
+            if not isinstance(ann, dict) or "id" not in ann:
+                continue
+            if ann["id"] in seen:
+                notes.append(f"{path}: duplicate annotation id {ann['id']} (image "
+                             f"{ann.get('image_id')}) renumbered to {next_id} in memory")
+                ann = {**ann, "id": next_id}
+                next_id += 1
+            seen.add(ann["id"])
+            renumbered.append(ann)
+        if notes:
+            data = {**data, "annotations": renumbered}
+    problems, warnings = validate(data, str(path))
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise CocoError(problems[0] + more)
+    digest = hashlib.sha1(raw).hexdigest()
+    if notes:  # the renumbered content is not the file's: keep label caches apart
+        digest = hashlib.sha1(raw + json.dumps(notes).encode()).hexdigest()
+    extra = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+    return Coco(path=path, images=data["images"], annotations=data.get("annotations", []),
+                categories=data["categories"], extra=extra, digest=digest,
+                warnings=notes + warnings)
+
+
+def size_bucket(area: float) -> str:
+    """COCO's object-size bucket of an area in pixels: 'small', 'medium' or 'large'."""
+    if area < SMALL_AREA:
+        return "small"
+    return "medium" if area < MEDIUM_AREA else "large"
+
+
+def object_sizes(coco: Coco, classes: ClassTable) -> pd.DataFrame:
+    """One row per annotation: annotation_id, image_id, class, area (mask pixels),
+    area_fraction (of the image) and size ('small' / 'medium' / 'large').
+
+    Example:
+        >>> object_sizes(coco, TRASH).groupby("class")["area"].median()   # doctest: +SKIP
+    """
+    mapping = classes.category_to_index(coco.categories, str(coco.path))
+    rows = []
+    for ann in coco.annotations:
+        image = coco.image_by_id[ann["image_id"]]
+        h, w = image["height"], image["width"]
+        rle = {"size": [h, w], "counts": _compressed_rle(ann["segmentation"], h, w)}
+        area = int(mask_utils.area(rle))
+        rows.append((ann["id"], ann["image_id"], classes.names[mapping[ann["category_id"]]],
+                     area, area / (h * w)))
+    df = pd.DataFrame(rows, columns=["annotation_id", "image_id", "class", "area",
+                                     "area_fraction"])
+    df["area"] = df["area"].astype(np.int64)
+    df["size"] = pd.Categorical([size_bucket(a) for a in df["area"]], categories=SIZE_BUCKETS)
+    return df
+
+
+def pixel_counts(coco: Coco, classes: ClassTable, cache: bool = True) -> pd.DataFrame:
+    """Pixels of each class in each image's label map: index image_id, one column per class.
+
+    `cache=True` reads (and on first use writes) the cached label maps; `cache=False`
+    rasterises each image in memory and keeps only its counts.
+
+    Example:
+        >>> pixels = pixel_counts(coco, TRASH)
+        >>> pixels.sum() / pixels.values.sum()          # pixel share of each class
+    """
+    n = len(classes)
+    counts = np.zeros((len(coco.images), n), np.int64)
+    if cache:
+        paths = cached_label_maps(coco, classes)
+        for row, image in enumerate(coco.images):
+            counts[row] = np.bincount(read_label(paths[image["id"]]).ravel(), minlength=256)[:n]
+    else:
+        mapping = classes.category_to_index(coco.categories, str(coco.path))
+        for row, image in enumerate(coco.images):
+            anns = coco.annotations_by_image[image["id"]]
+            counts[row] = _class_counts([a["segmentation"] for a in anns],
+                                        [mapping[a["category_id"]] for a in anns],
+                                        image["height"], image["width"], n)
+    index = pd.Index([img["id"] for img in coco.images], name="image_id")
+    return pd.DataFrame(counts, index=index, columns=list(classes.names))
+
+
+def _class_counts(segmentations: list, class_indices: list[int], height: int, width: int,
+                  n: int) -> np.ndarray:
+    """Pixels per class of one image's label map, rasterising only the box around its polygons.
+
+    Photos of a few small objects (TACO: 8 megapixels, ~5% annotated) are mostly background:
+    polygons are shifted into their bounding box (whole pixels, so the same pixels are
+    painted), and everything outside the box is counted as Background directly.
+    """
+    if segmentations and all(isinstance(s, list) for s in segmentations):
+        coords = np.concatenate([np.asarray(p, np.float64) for s in segmentations for p in s])
+        x0 = max(0, int(np.floor(coords[0::2].min())) - 1)
+        y0 = max(0, int(np.floor(coords[1::2].min())) - 1)
+        x1 = min(width, int(np.ceil(coords[0::2].max())) + 2)
+        y1 = min(height, int(np.ceil(coords[1::2].max())) + 2)
+        if x1 > x0 and y1 > y0:
+            shifted = [[[v - (x0 if i % 2 == 0 else y0) for i, v in enumerate(p)] for p in s]
+                       for s in segmentations]
+            label = rasterize(shifted, class_indices, y1 - y0, x1 - x0)
+            counts = np.bincount(label.ravel(), minlength=n)[:n].astype(np.int64)
+            counts[0] += height * width - (y1 - y0) * (x1 - x0)
+            return counts
+    label = rasterize(segmentations, class_indices, height, width)
+    return np.bincount(label.ravel(), minlength=n)[:n].astype(np.int64)
+
+
+def class_summary(sizes: pd.DataFrame, pixels: pd.DataFrame, classes: ClassTable
+                  ) -> pd.DataFrame:
+    """Per class: annotations, images containing it, pixels, pixel share (of all pixels),
+    annotations per size bucket and the median object area. Background has pixels only.
+
+    Example:
+        >>> class_summary(object_sizes(coco, TRASH), pixel_counts(coco, TRASH), TRASH)
+        ...                                                        # doctest: +SKIP
+    """
+    names = list(classes.names)
+    table = pd.DataFrame(index=pd.Index(names, name="class"))
+    by_class = sizes.groupby("class", observed=True)
+    table["annotations"] = by_class.size().reindex(names, fill_value=0).astype(np.int64)
+    table["images"] = by_class["image_id"].nunique().reindex(names, fill_value=0).astype(np.int64)
+    table.loc[BACKGROUND, "images"] = int((pixels[BACKGROUND] > 0).sum())
+    table["pixels"] = pixels.sum().reindex(names, fill_value=0).astype(np.int64)
+    total = table["pixels"].sum()
+    table["pixel_share"] = table["pixels"] / total if total else 0.0
+    buckets = sizes.groupby(["class", "size"], observed=False).size().unstack(fill_value=0)
+    for bucket in SIZE_BUCKETS:
+        column = buckets[bucket] if bucket in buckets.columns else pd.Series(dtype=np.int64)
+        table[bucket] = column.reindex(names, fill_value=0).astype(np.int64)
+    table["median_area"] = by_class["area"].median().reindex(names)
+    return table
+
+
+def cooccurrence(sizes: pd.DataFrame, classes: ClassTable, normalize: bool = False
+                 ) -> pd.DataFrame:
+    """Images in which both classes have an annotation (diagonal: images with the class).
+
+    With `normalize`, row i holds P(column class present | row class present).
+
+    Example:
+        >>> sns.heatmap(cooccurrence(sizes, TRASH, normalize=True))   # doctest: +SKIP
+    """
+    names = [n for n in classes.names if n != BACKGROUND]
+    presence = (pd.crosstab(sizes["image_id"], sizes["class"]) > 0)
+    presence = presence.reindex(columns=names, fill_value=False).astype(np.int64)
+    table = presence.T @ presence
+    table.index.name, table.columns.name = "class", "with class"
+    if normalize:
+        diagonal = np.diag(table.values).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table = table.astype(np.float64).div(np.where(diagonal > 0, diagonal, np.nan), axis=0)
+        table = table.fillna(0.0)
+    return table
+
+
+def background_share(pixels: pd.DataFrame) -> pd.Series:
+    """Share of Background pixels per image, highest first (ties: lower image id first).
+
+    Example:
+        >>> background_share(pixel_counts(coco, TRASH)).head(10)   # doctest: +SKIP
+    """
+    totals = pixels.sum(axis=1)
+    share = (pixels[BACKGROUND] / totals.where(totals > 0)).fillna(0.0).rename("background_share")
+    order = np.lexsort((share.index.to_numpy(), -share.to_numpy()))
+    return share.iloc[order]
+
+
+def available_images(coco: Coco, data_root: str | os.PathLike | None) -> list[int]:
+    """Ids of the images whose files exist under `data_root` (none when it is None)."""
+    if data_root is None:
+        return []
+    return [img["id"] for img in coco.images if image_path(data_root, img).is_file()]
+
+
+def pick_examples(sizes: pd.DataFrame, image_ids: list[int], classes: ClassTable, n: int = 6
+                  ) -> list[int]:
+    """Up to `n` image ids among `image_ids` that together show as many classes as possible:
+    the rarest classes first, each contributing its first image (deterministic)."""
+    if n < 1:
+        raise ParameterError(f"n must be at least 1, got {n}")
+    allowed = set(image_ids)
+    shown = sizes[sizes["image_id"].isin(allowed)]
+    picked: list[int] = []
+    for name in shown["class"].value_counts(ascending=True).index:
+        if len(picked) >= n:
+            break
+        candidates = sorted(set(shown.loc[shown["class"] == name, "image_id"]) - set(picked))
+        if candidates:
+            picked.append(int(candidates[0]))
+    for image_id in image_ids:  # fill up with the rest in file order
+        if len(picked) >= n:
+            break
+        if image_id not in picked:
+            picked.append(int(image_id))
+    return picked
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV atomically (same table, same bytes)."""
+    path = Path(path)
+    write_text_atomic(path, df.to_csv(lineterminator="\n", float_format="%.6g"))
+    return path

@@ -1,0 +1,227 @@
+"""Pictures for the notebooks: palette overlays, image grids, confusion heatmaps, curves, bars.
+
+Every function returns a matplotlib Figure or Axes and never calls `plt.show()`: notebooks
+display what they get, scripts save it (`fig.savefig(...)`). Importing this module does not
+choose a matplotlib backend; headless runs (papermill, pytest) pick Agg by themselves.
+
+Example:
+    >>> from segkit.classes import TRASH
+    >>> import numpy as np
+    >>> image = np.zeros((4, 4, 3), np.uint8); label = np.full((4, 4), 9, np.uint8)
+    >>> overlay(image, label, TRASH, alpha=1.0)[0, 0].tolist()
+    [64, 64, 128]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from segkit.classes import IGNORE_INDEX, ClassTable
+from segkit.errors import ParameterError
+
+
+def overlay(image: np.ndarray, label: np.ndarray, classes: ClassTable, alpha: float = 0.5
+            ) -> np.ndarray:
+    """Blend the palette colours of a label map over an RGB image; returns RGB uint8.
+
+    Background (0) is painted too (black, so it darkens), ignore pixels (255) are left as they
+    are. `alpha` is the weight of the palette colour (0 = image only, 1 = colours only).
+
+    Example:
+        >>> overlay(image, label, TRASH, alpha=0.4)          # doctest: +SKIP
+    """
+    image = np.asarray(image)
+    label = np.asarray(label)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ParameterError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    if label.shape != image.shape[:2]:
+        raise ParameterError(f"label shape {label.shape} does not match image {image.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ParameterError(f"alpha must be between 0 and 1, got {alpha}")
+    colours = classes.palette_array()[label].astype(np.float32)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    unpainted = label == IGNORE_INDEX
+    out[unpainted] = image[unpainted]
+    return out
+
+
+def legend_handles(classes: ClassTable, present: Sequence[int] | None = None) -> list:
+    """matplotlib patches, one per class (or per index in `present`), in the palette colours.
+
+    Example:
+        >>> ax.legend(handles=legend_handles(TRASH, present=[0, 9]))   # doctest: +SKIP
+    """
+    from matplotlib.patches import Patch
+
+    indices = range(len(classes)) if present is None else sorted({int(i) for i in present})
+    handles = []
+    for i in indices:
+        if i == IGNORE_INDEX:
+            handles.append(Patch(facecolor="white", edgecolor="grey", label="ignore"))
+        elif 0 <= i < len(classes):
+            handles.append(Patch(facecolor=np.array(classes.palette[i]) / 255.0,
+                                 edgecolor="grey", label=classes.names[i]))
+        else:
+            raise ParameterError(f"class index {i} in present is outside 0..{len(classes) - 1}")
+    return handles
+
+
+def show_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None,
+              row_titles: Sequence[str] | None = None, size: float = 3.0):
+    """A figure with one row per entry of `rows` (each a list of RGB images, same length).
+
+    `titles` name the columns (shown over the first row), `row_titles` label each row.
+
+    Example:
+        >>> fig = show_grid([[img, overlay(img, lab, TRASH)]], titles=["image", "truth"])
+        ...                                                   # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    if not rows or not all(len(r) for r in rows):
+        raise ParameterError("show_grid needs at least one row with at least one image")
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    if titles is not None and len(titles) != n_cols:
+        raise ParameterError(f"titles has {len(titles)} entries for {n_cols} columns")
+    if row_titles is not None and len(row_titles) != n_rows:
+        raise ParameterError(f"row_titles has {len(row_titles)} entries for {n_rows} rows")
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(row):
+                ax.imshow(row[c])
+            if r == 0 and titles is not None:
+                ax.set_title(titles[c])
+            if c == 0 and row_titles is not None:
+                ax.set_ylabel(row_titles[r])
+    fig.tight_layout()
+    return fig
+
+
+def show_samples(data_root: str | os.PathLike, coco, classes: ClassTable,
+                 image_ids: Sequence[int],
+                 predictions: Mapping[int, np.ndarray] | None = None):
+    """Image, ground-truth overlay and (optionally) prediction overlay for each image id.
+
+    `predictions` maps image id -> label map of the image's size. The legend lists the classes
+    present in what is shown.
+
+    Example:
+        >>> fig = show_samples(root, coco, TRASH, [0, 5], predictions={0: pred0, 5: pred5})
+        ...                                                   # doctest: +SKIP
+    """
+    from segkit.coco import label_map, read_image
+
+    if not image_ids:
+        raise ParameterError("show_samples needs at least one image id")
+    unknown = [i for i in image_ids if i not in coco.image_by_id]
+    if unknown:
+        raise ParameterError(f"image_ids {unknown[:5]} are not in {coco.path}")
+    missing = [i for i in image_ids if predictions is not None and i not in predictions]
+    if missing:
+        raise ParameterError(f"predictions has no label map for image ids {missing[:5]}")
+    rows, row_titles, present = [], [], set()
+    for image_id in image_ids:
+        info = coco.image_by_id[image_id]
+        image = read_image(data_root, info)
+        truth = label_map(coco, info, classes)
+        row = [image, overlay(image, truth, classes)]
+        present.update(np.unique(truth).tolist())
+        if predictions is not None:
+            pred = np.asarray(predictions[image_id])
+            row.append(overlay(image, pred, classes))
+            present.update(np.unique(pred).tolist())
+        rows.append(row)
+        row_titles.append(str(info["file_name"]))
+    titles = ["image", "truth"] + (["prediction"] if predictions is not None else [])
+    fig = show_grid(rows, titles=titles, row_titles=row_titles)
+    fig.legend(handles=legend_handles(classes, present), loc="lower center",
+               ncol=min(6, len(present)), frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.subplots_adjust(bottom=0.12 if len(rows) < 3 else 0.06)
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, classes: ClassTable, normalize: bool = True, ax=None):
+    """A seaborn heatmap of a (C, C) confusion matrix (rows truth, columns prediction).
+
+    With `normalize`, each row is divided by its sum (rows with no truth pixels stay 0).
+
+    Example:
+        >>> ax = plot_confusion(ConfusionMatrix(11).matrix, TRASH)     # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    cm = np.asarray(cm, np.float64)
+    n = len(classes)
+    if cm.shape != (n, n):
+        raise ParameterError(f"confusion matrix shape {cm.shape} does not match {n} classes")
+    if normalize:
+        totals = cm.sum(1, keepdims=True)
+        cm = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.6 * n + 3, 0.6 * n + 2))
+    sns.heatmap(cm, ax=ax, annot=n <= 20, fmt=".2f" if normalize else ".0f", cmap="Blues",
+                xticklabels=classes.names, yticklabels=classes.names, square=True,
+                vmin=0, vmax=1 if normalize else None, cbar=True,
+                annot_kws={"fontsize": 7})
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    return ax
+
+
+def plot_curves(df, x: str, ys: Sequence[str], ax=None, title: str | None = None):
+    """One line per column in `ys` against column `x` of a DataFrame; NaN points are skipped
+    (training logs hold validation values only every few iterations).
+
+    Example:
+        >>> plot_curves(log, "iter", ["loss", "mIoU"], title="fold 0")   # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    columns = [x, *ys]
+    absent = [c for c in columns if c not in df.columns]
+    if absent:
+        raise ParameterError(f"columns {absent} not in the table; it has {list(df.columns)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    for y in ys:
+        part = df[[x, y]].dropna()
+        ax.plot(part[x], part[y], marker="o" if len(part) < 30 else None, label=y)
+    ax.set_xlabel(x)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_class_bars(df, ax=None):
+    """Grouped bars: one group per row (class), one bar per column (e.g. runs or folds).
+
+    Example:
+        >>> plot_class_bars(pd.DataFrame({"fold 0": iou0, "fold 1": iou1}, index=TRASH.names))
+        ...                                                   # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    if df.empty:
+        raise ParameterError("plot_class_bars needs a non-empty table")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(df) * max(1, len(df.columns))), 4))
+    df.plot.bar(ax=ax, width=0.8)
+    ax.set_xticklabels([str(i) for i in df.index], rotation=45, ha="right")
+    ax.grid(axis="y", alpha=0.3)
+    if len(df.columns) == 1 and ax.get_legend() is not None:
+        ax.get_legend().remove()  # one column: the legend would only repeat the axis title
+    return ax
