@@ -68,6 +68,39 @@ def _cmd_ensemble(args) -> int:
     return 0
 
 
+def _cmd_split(args) -> int:
+    from segkit.split import split_file
+
+    written = split_file(args.file, args.out, n_splits=args.n_splits, seed=args.seed, by=args.by)
+    print(f"wrote {len(written)} files ({args.n_splits} folds, stratified by {args.by}) "
+          f"to {args.out}")
+    return 0
+
+
+def _cmd_copy_paste(args) -> int:
+    from segkit.coco import load_coco
+    from segkit.copy_paste import copy_paste
+
+    # `--images-per-class 20` for every class, or `Battery=50 Clothing=100`
+    counts: int | dict[str, int]
+    try:
+        if len(args.images_per_class) == 1 and "=" not in args.images_per_class[0]:
+            counts = int(args.images_per_class[0])
+        else:
+            counts = {k: int(v) for k, v in (t.split("=", 1) for t in args.images_per_class)}
+    except ValueError:
+        raise ParameterError(f"--images-per-class takes a number or CLASS=NUMBER pairs, got "
+                             f"{' '.join(args.images_per_class)}") from None
+    result = copy_paste(load_coco(args.file), args.data_root, name=args.name,
+                        classes=args.classes, images_per_class=counts,
+                        objects_per_image=args.objects_per_image,
+                        scale_range=tuple(args.scale), rotation_range=tuple(args.rotation),
+                        seed=args.seed, out_root=args.out_root)
+    print(f"wrote {result.pasted['image_id'].nunique()} images to {result.data_root} "
+          f"(COCO file {result.coco_file}; its file names are relative to {result.data_root})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m segkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                    help="hard vote only: the label map size of the rows")
     p.set_defaults(func=_cmd_ensemble)
+
+    p = sub.add_parser("split", help="StratifiedGroupKFold folds of a COCO file "
+                                     "(fold{k}_train.json / fold{k}_val.json)")
+    p.add_argument("file", help="the annotation file to split, e.g. train_all.json")
+    p.add_argument("--out", default=None, help="output folder (default: outputs/splits)")
+    p.add_argument("--n-splits", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--by", choices=["annotations", "pixels"], default="annotations",
+                   help="stratify annotation counts (default) or pixel shares per class")
+    p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("copy-paste", help="paste rare-class instances onto background-heavy "
+                                          "images; writes outputs/copy_paste/NAME/")
+    p.add_argument("file", help="the training annotation file, e.g. outputs/splits/fold0_train.json")
+    p.add_argument("--data-root", required=True, help="folder the file's file_name entries "
+                                                      "are relative to")
+    p.add_argument("--name", default="default")
+    p.add_argument("--classes", nargs="+", default=["Battery", "Clothing"])
+    p.add_argument("--images-per-class", nargs="+", default=["10"],
+                   help="a number, or CLASS=NUMBER pairs")
+    p.add_argument("--objects-per-image", type=int, default=2)
+    p.add_argument("--scale", type=float, nargs=2, default=[0.75, 1.25], metavar=("LOW", "HIGH"))
+    p.add_argument("--rotation", type=float, nargs=2, default=[-30.0, 30.0],
+                   metavar=("LOW", "HIGH"), help="degrees")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-root", default=None, help="default: outputs/copy_paste")
+    p.set_defaults(func=_cmd_copy_paste)
 
     return parser
 

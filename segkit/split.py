@@ -36,7 +36,7 @@ import pandas as pd
 from segkit.classes import ClassTable
 from segkit.coco import Coco, load_coco, subset, write_coco
 from segkit.errors import CocoError, ParameterError
-from segkit.paths import write_text_atomic
+from segkit.paths import outputs_dir, write_text_atomic
 
 STRATIFY_BY = ("annotations", "pixels")
 PIXEL_UNITS_PER_IMAGE = 100
@@ -246,9 +246,10 @@ def check_fold_files(split_dir: str | os.PathLike, source: Coco | None = None) -
                                        "in_another_val", "missing", "ok"])
 
 
-def split_file(annotation_file: str | os.PathLike, out_dir: str | os.PathLike,
+def split_file(annotation_file: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                n_splits: int = 5, seed: int = 42, by: str = "annotations") -> list[Path]:
-    """Load a COCO file, make folds and write them: the whole split in one call (the CLI's).
+    """Load a COCO file, make folds and write them into `out_dir` (default `outputs/splits`):
+    the whole split in one call (the CLI's).
 
     Example:
         >>> split_file("data/train_all.json", "outputs/splits", n_splits=5, seed=42)
@@ -262,4 +263,5 @@ def split_file(annotation_file: str | os.PathLike, out_dir: str | os.PathLike,
     _check_split_parameters(coco, n_splits, seed, by)
     classes = ClassTable.for_coco(coco.categories)
     pixels = pixel_counts(coco, classes) if by == "pixels" else None
-    return write_folds(coco, make_folds(coco, classes, n_splits, seed, by, pixels), out_dir)
+    folds = make_folds(coco, classes, n_splits, seed, by, pixels)
+    return write_folds(coco, folds, out_dir if out_dir is not None else outputs_dir() / "splits")
