@@ -48,7 +48,7 @@ import pandas as pd
 from pycocotools import mask as mask_utils
 
 from segkit.classes import BACKGROUND, ClassTable
-from segkit.coco import Coco, _compressed_rle, load_coco, read_image, write_coco
+from segkit.coco import Coco, load_coco, rasterize, read_image, write_coco
 from segkit.errors import ParameterError
 from segkit.paths import outputs_dir, write_bytes_atomic, write_text_atomic
 
@@ -76,8 +76,8 @@ class _Instance:
 
 
 def _decode(segmentation, height: int, width: int) -> np.ndarray:
-    rle = {"size": [height, width], "counts": _compressed_rle(segmentation, height, width)}
-    return mask_utils.decode(rle).astype(bool)
+    # segkit's own RLE decoder (pycocotools' decode warns under numpy 2)
+    return rasterize([segmentation], [1], height, width).astype(bool)
 
 
 def visible_masks(annotations: list[dict], height: int, width: int) -> list[np.ndarray]:
@@ -105,9 +105,11 @@ def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) 
 
 
 def _check_parameters(classes, images_per_class, objects_per_image, scale_range,
-                      rotation_range, seed, name) -> dict[str, int]:
+                      rotation_range, seed, name, table: ClassTable) -> dict[str, int]:
     if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
         raise ParameterError(f"classes must be a non-empty list of class names, got {classes!r}")
+    for class_name in classes:
+        _check_class_name(class_name, table)
     if len(set(classes)) != len(classes):
         raise ParameterError(f"classes lists a class twice: {list(classes)}")
     if isinstance(images_per_class, Mapping):
@@ -149,6 +151,12 @@ def _check_parameters(classes, images_per_class, objects_per_image, scale_range,
     return {c: int(n) for c, n in counts.items()}
 
 
+def _check_class_name(name, table: ClassTable) -> None:
+    if name == BACKGROUND or name not in table.names:
+        pastable = [n for n in table.names if n != BACKGROUND]
+        raise ParameterError(f"unknown class {name!r} in classes; allowed: {', '.join(pastable)}")
+
+
 def instance_pool(coco: Coco, class_names: Sequence[str], classes: ClassTable | None = None
                   ) -> dict[str, list[_Instance]]:
     """Instances of each class that show at least MIN_INSTANCE_PIXELS visible pixels.
@@ -156,11 +164,8 @@ def instance_pool(coco: Coco, class_names: Sequence[str], classes: ClassTable | 
     Unknown or Background names, and classes with no such instance, raise a ParameterError
     listing the allowed names."""
     classes = classes or ClassTable.for_coco(coco.categories)
-    pastable = [n for n in classes.names if n != BACKGROUND]
     for name in class_names:
-        if name == BACKGROUND or name not in classes.names:
-            raise ParameterError(f"unknown class {name!r} in classes; allowed: "
-                                 f"{', '.join(pastable)}")
+        _check_class_name(name, classes)
     category_of = {c["name"]: c["id"] for c in coco.categories}
     wanted = {category_of[n]: n for n in class_names if n in category_of}
     pool: dict[str, list[_Instance]] = {n: [] for n in class_names}
@@ -227,11 +232,11 @@ def copy_paste(coco: Coco, data_root: str | os.PathLike, name: str = "default",
     """
     from segkit.eda import background_share, pixel_counts
 
+    table = ClassTable.for_coco(coco.categories)
     counts = _check_parameters(classes, images_per_class, objects_per_image, scale_range,
-                               rotation_range, seed, name)
+                               rotation_range, seed, name, table)
     if not coco.images:
         raise ParameterError(f"{coco.path} has no images to paste onto")
-    table = ClassTable.for_coco(coco.categories)
     pool = instance_pool(coco, list(classes), table)
     targets = background_share(pixel_counts(coco, table)).index.tolist()
     out_root = Path(out_root) if out_root is not None else outputs_dir() / "copy_paste"
