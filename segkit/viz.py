@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -149,6 +150,20 @@ def show_samples(data_root: str | os.PathLike, coco, classes: ClassTable,
                ncol=min(6, len(present)), frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.subplots_adjust(bottom=0.12 if len(rows) < 3 else 0.06)
     return fig
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a figure as PNG atomically (tight bounding box); returns the path.
+
+    Example:
+        >>> save_figure(show_grid([[img]]), "outputs/eda/grid.png")      # doctest: +SKIP
+    """
+    from segkit.paths import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return path
 
 
 def plot_confusion(cm: np.ndarray, classes: ClassTable, normalize: bool = True, ax=None):

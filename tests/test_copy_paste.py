@@ -213,3 +213,14 @@ def test_cli_copy_paste(sample_root, tmp_path, capsys):
     assert len(coco["images"]) == 2
     assert main(args[:-2] + ["--classes", "Sock", "--out-root", str(tmp_path / "bad")]) == 2
     assert "unknown class 'Sock'" in capsys.readouterr().err
+
+
+def test_preview_shows_target_and_result(generated, train, sample_root):
+    fig = cp.preview(train, sample_root, generated, n=2)
+    assert len(fig.axes) == 8
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["target", "target labels", "pasted",
+                                                       "pasted labels"]
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "Battery" in names
+    with pytest.raises(ParameterError, match="n must be at least 1"):
+        cp.preview(train, sample_root, generated, n=0)

@@ -103,3 +103,10 @@ def test_plot_class_bars_one_group_per_row():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Background", "Paper", "Battery"]
     heights = sorted(round(p.get_height(), 2) for p in ax.patches)
     assert heights == [0.2, 0.3, 0.4, 0.5, 0.8, 0.9]
+
+
+def test_save_figure_writes_a_png(tmp_path):
+    fig = viz.show_grid([[np.zeros((4, 4, 3), np.uint8)]])
+    path = viz.save_figure(fig, tmp_path / "deep" / "g.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["g.png"]
