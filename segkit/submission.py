@@ -121,8 +121,9 @@ class _RowDecoder:
         self.size = size
         self.expected = size[0] * size[1]
         self._scratch = _Scratch()
+        self._even = np.arange(0, 2 * self.expected, 2, dtype=np.intp)  # 0, 2, 4, ...
 
-    def decode(self, text: bytes) -> tuple[np.ndarray | None, list[str]]:
+    def decode(self, text: bytes | memoryview) -> tuple[np.ndarray | None, list[str]]:
         """(values, []) or (None, problems)."""
         raw = np.frombuffer(text, np.uint8)
         if raw.size == 0:
@@ -134,19 +135,22 @@ class _RowDecoder:
                 return self._check_range(digits)
         return self._decode_general(text, raw)
 
-    def _decode_general(self, text: bytes, raw: np.ndarray):
+    def _decode_general(self, text: bytes | memoryview, raw: np.ndarray):
         get, n = self._scratch.get, raw.size
-        digit = get("digit", n, np.uint8)
-        np.subtract(raw, np.uint8(_ZERO), out=digit)
-        is_digit = get("is_digit", n, bool)
+        # Three padding bytes after the text that are never digits, for looking ahead.
+        digit = get("digit", n + 3, np.uint8)
+        np.subtract(raw, np.uint8(_ZERO), out=digit[:n])
+        digit[n:] = 255
+        is_digit = get("is_digit", n + 3, bool)
         np.less(digit, 10, out=is_digit)
         is_space = get("is_space", n, bool)
         np.equal(raw, _SPACE, out=is_space)
         either = get("either", n, bool)
-        np.logical_or(is_digit, is_space, out=either)
+        np.logical_or(is_digit[:n], is_space, out=either)
         if not either.all():
             first = int(np.argmin(either))
             position = int(np.count_nonzero(is_space[:first]))
+            text = bytes(text)
             start = text.rfind(b" ", 0, first) + 1
             end = text.find(b" ", first)
             token = text[start: end if end >= 0 else n][:20].decode("utf-8", "replace")
@@ -154,54 +158,64 @@ class _RowDecoder:
         if is_space[0] or is_space[-1]:
             return None, ["values must be separated by single spaces: the PredictionString "
                           f"{'starts' if is_space[0] else 'ends'} with a space"]
-        pair = get("pair", n - 1, bool)
-        np.logical_and(is_space[1:], is_space[:-1], out=pair)
-        if pair.any():
-            position = int(np.count_nonzero(is_space[: int(np.argmax(pair)) + 1]))
+        pair = get("pair", n, bool)
+        np.logical_and(is_space[1:], is_space[:-1], out=pair[: n - 1])
+        if pair[: n - 1].any():
+            position = int(np.count_nonzero(is_space[: int(np.argmax(pair[: n - 1])) + 1]))
             return None, ["values must be separated by single spaces: two spaces before "
                           f"{_pixel(position, self.size)}"]
         count = int(np.count_nonzero(is_space)) + 1
         if count != self.expected:
             return None, [f"has {count} values, expected {self.expected} "
                           f"({self.size[0]}x{self.size[1]})"]
-        # A run of four digits is a value of 1000 or more (or zero-padded): out of range.
-        np.logical_and(is_digit[1:], is_digit[:-1], out=pair)  # pair[i]: bytes i, i+1 digits
-        if n >= 4:
-            quad = get("quad", n - 3, bool)
-            np.logical_and(pair[:-2], pair[2:], out=quad)
-            if quad.any():
-                position = int(np.count_nonzero(is_space[: int(np.argmax(quad))]))
-                return None, [f"a value at {_pixel(position, self.size)} has more than "
-                              f"{_MAX_VALUE_DIGITS} digits: outside 0..{self.num_classes - 1}"]
 
-        # Each value ends just before a space (or at the end); its number is the digit there
-        # plus 10x the byte before plus 100x the one before that, spaces counting as zero and
-        # the hundreds only when the tens byte is a digit of the same value.
-        np.multiply(digit, is_digit, out=digit)
-        number = get("number", n, np.int16)
-        np.copyto(number, digit)
-        place = get("place", n, np.int16)
-        np.multiply(digit[:-1], 10, out=place[1:], casting="unsafe")
-        np.add(number[1:], place[1:], out=number[1:])
-        if n >= 3:
-            np.multiply(digit[:-2], pair[:-1], out=place[2:], casting="unsafe")
-            np.multiply(place[2:], 100, out=place[2:])
-            np.add(number[2:], place[2:], out=number[2:])
-        last = get("last", n, bool)
-        last[:-1] = is_space[1:]
-        last[-1] = True
-        values = get("values", count, np.int16)
-        np.compress(last, number, out=values)
-        return self._check_range(values)
+        # Now the text is values of 1+ digits joined by single spaces. Single-digit values
+        # would put value j's digit at byte 2j; each longer value shifts the ones after it.
+        # Longer values are the minority, so find them (a digit after a space or at the
+        # start, followed by a digit), read them on their own, and read every other value
+        # as the one digit at 2j plus the shift accumulated before it.
+        np.logical_and(is_digit[:n], is_digit[1: n + 1], out=pair)
+        np.logical_and(pair[1:], is_space[:-1], out=pair[1:])
+        starts = np.flatnonzero(pair)
+        third = is_digit[starts + 2]
+        length = 2 + third
+        too_long = np.flatnonzero(third & is_digit[starts + 3])
+        extra = length - 1                                       # bytes beyond one digit
+        before = np.cumsum(extra) - extra                        # extra bytes before each
+        index = (starts - before) // 2                           # which value it is
+        if too_long.size:
+            k = int(index[too_long[0]])
+            return None, [f"a value at {_pixel(k, self.size)} has more than "
+                          f"{_MAX_VALUE_DIGITS} digits: outside 0..{self.num_classes - 1}"]
+        long_values = digit[starts] * 10 + digit[starts + 1].astype(np.int64)
+        three = length == 3
+        long_values[three] = long_values[three] * 10 + digit[starts[three] + 2]
 
-    def _check_range(self, values: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
-        outside = values >= self.num_classes
-        if outside.any():
-            k = int(np.argmax(outside))
-            return None, [f"value {int(values[k])} at {_pixel(k, self.size)} is outside "
-                          f"0..{self.num_classes - 1} ({int(np.count_nonzero(outside))} "
-                          "values outside)"]
-        return values.astype(np.uint8), []  # a fresh array: scratch is reused
+        shift = get("shift", count, np.intp)  # intp: np.take converts other index types
+        shift.fill(0)
+        shift[index] = extra
+        np.cumsum(shift, out=shift)
+        np.add(shift, self._even, out=shift)   # the byte of each value's last digit
+        values = np.take(digit, shift)
+        values[index] = np.minimum(long_values, 255)
+        return self._check_range(values, index, long_values)
+
+    def _check_range(self, values: np.ndarray, long_index: np.ndarray | None = None,
+                     long_values: np.ndarray | None = None
+                     ) -> tuple[np.ndarray | None, list[str]]:
+        """`values` (uint8) unless some lie outside 0..C-1; values of more than two digits
+        come separately (`long_index`, `long_values`) as they may not fit uint8."""
+        outside = np.flatnonzero(values >= self.num_classes)
+        if long_index is not None and long_index.size:
+            outside = np.union1d(outside, long_index[long_values >= self.num_classes])
+        if outside.size:
+            k = int(outside[0])
+            value = int(values[k])
+            if long_index is not None and k in long_index:
+                value = int(long_values[np.flatnonzero(long_index == k)[0]])
+            return None, [f"value {value} at {_pixel(k, self.size)} is outside "
+                          f"0..{self.num_classes - 1} ({outside.size} values outside)"]
+        return values, []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,40 +323,66 @@ def _header_problem(line: bytes) -> str | None:
     return f"header must be {HEADER!r}, got {shown!r}"
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(row number, line without its line ending), header included as row 1."""
+def _lines(path: Path) -> Iterator[tuple[int, memoryview]]:
+    """(row number, line without its line ending), header included as row 1.
+
+    Lines are views into one reused buffer, valid until the next line is taken: a fresh
+    128 KB bytes object per row costs more in page faults than parsing it.
+    """
     try:
-        f = open(path, "rb", buffering=_READ_BUFFER)
+        f = open(path, "rb", buffering=0)
     except FileNotFoundError:
         raise SubmissionError(f"{path}: file not found") from None
     except OSError as exc:
         raise SubmissionError(f"{path}: cannot read ({exc.strerror})") from None
     with f:
-        for row, line in enumerate(f, start=1):
-            if line.endswith(b"\n"):
-                line = line[:-1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            yield row, line
+        buffer = bytearray(_READ_BUFFER)
+        start = end = 0   # the unread bytes are buffer[start:end]
+        row = 0
+        at_eof = False
+        while True:
+            newline = buffer.find(b"\n", start, end)
+            if newline < 0 and not at_eof:
+                # Move the partial line to the front (a bigger buffer if it is full), refill.
+                if end - start == len(buffer):
+                    buffer = buffer + bytearray(len(buffer))  # a new object: views stay valid
+                buffer[: end - start] = buffer[start:end]
+                end, start = end - start, 0
+                read = f.readinto(memoryview(buffer)[end:])
+                at_eof = not read
+                end += read or 0
+                continue
+            if newline < 0:  # the last line has no newline
+                if start == end:
+                    return
+                newline = end
+            row += 1
+            stop = newline - 1 if newline > start and buffer[newline - 1] == 13 else newline
+            yield row, memoryview(buffer)[start:stop]
+            start = newline + 1
 
 
-def _split_row(line: bytes) -> tuple[str, bytes]:
+def _split_row(line: bytes | memoryview) -> tuple[str, bytes | memoryview]:
     """A data row -> (image_id, PredictionString bytes); a ValueError says what is wrong."""
     if not line:
         raise ValueError("empty row")
-    if line.startswith(b'"'):  # tolerate a CSV-quoted image_id (rare, so the csv module)
-        fields = next(csv.reader([line.decode("utf-8")]))
+    head = bytes(line[:1024])  # image_ids are short: look for the comma near the start
+    comma = head.find(b",")
+    if comma < 0 and len(line) > len(head):
+        comma = bytes(line).find(b",")
+    if head.startswith(b'"'):  # tolerate a CSV-quoted image_id (rare, so the csv module)
+        fields = next(csv.reader([bytes(line).decode("utf-8")]))
         if len(fields) != 2:
             raise ValueError(f"expected 2 fields, got {len(fields)}")
-        name, text = fields[0], fields[1].encode()
+        name, text = fields[0], memoryview(fields[1].encode())
     else:
-        name_bytes, comma, text = line.partition(b",")
-        if not comma:
+        if comma < 0:
             raise ValueError("no comma between image_id and PredictionString")
         try:
-            name = name_bytes.decode("utf-8")
+            name = bytes(line[:comma]).decode("utf-8")
         except UnicodeDecodeError:
             raise ValueError("image_id is not valid UTF-8") from None
+        text = line[comma + 1:]
     if not name:
         raise ValueError("empty image_id")
     return name, text
@@ -366,7 +406,7 @@ def iter_submission(path: str | os.PathLike, num_classes: int = NUM_CLASSES,
     first = next(lines, None)
     if first is None:
         raise SubmissionError(f"{path}: empty file (no header)")
-    problem = _header_problem(first[1])
+    problem = _header_problem(bytes(first[1]))
     if problem:
         raise SubmissionError(f"{path} row 1: {problem}")
     decoder = _RowDecoder(num_classes, size)
@@ -455,12 +495,13 @@ def validate_submission(path: str | os.PathLike, test_json: str | os.PathLike,
     if first is None:
         return [f"{path}: empty file (no header)"]
     pending = []
-    problem = _header_problem(first[1])
+    header = bytes(first[1])  # a copy: the line's buffer is reused
+    problem = _header_problem(header)
     if problem:
         problems.append(f"{path} row 1: {problem}")
         # A data row where the header should be: check it as a row too.
-        if first[1].partition(b",")[0].decode("utf-8", "replace") in test_position:
-            pending.append(first)
+        if header.partition(b",")[0].decode("utf-8", "replace") in test_position:
+            pending.append((1, header))
 
     decoder = _RowDecoder(num_classes, size)
     for row, line in itertools.chain(pending, lines):
