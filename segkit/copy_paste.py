@@ -402,7 +402,7 @@ def preview(train: Coco, data_root: str | os.PathLike, result: CopyPasteResult, 
         old_rgb, new_rgb = read_image(data_root, target), read_image(result.data_root, new)
         rows.append([old_rgb, overlay(old_rgb, before, table), new_rgb,
                      overlay(new_rgb, after, table)])
-        titles.append(f"{target['file_name']} -> {new['file_name']}")
+        titles.append(f"{Path(new['file_name']).name}\nfrom {Path(target['file_name']).name}")
         present.update(np.unique(before).tolist() + np.unique(after).tolist())
     fig = show_grid(rows, titles=["target", "target labels", "pasted", "pasted labels"],
                     row_titles=titles)

@@ -1,0 +1,110 @@
+"""The data notebooks, executed with papermill on the tiny sample; assertions on what they wrote."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from segkit import split
+from segkit.classes import TRASH
+from segkit.coco import label_map, load_coco
+from segkit.eda import pixel_counts
+from segkit.errors import SegkitError
+from tests.conftest import notebook_text, run_notebook
+
+
+def test_01_eda_writes_tables_and_figures(sample_root, tmp_path):
+    out = tmp_path / "eda"
+    run_notebook("01_eda", tmp_path, data_root=str(sample_root), output_dir=str(out),
+                 n_examples=3)
+    coco = load_coco(sample_root / "train_all.json")
+    summary = pd.read_csv(out / "class_summary.csv", index_col="class")
+    assert summary.index.tolist() == list(TRASH.names)
+    assert summary["annotations"].sum() == len(coco.annotations)
+    pixels = pixel_counts(coco, TRASH)
+    assert summary["pixels"].tolist() == pixels.sum().tolist()
+    background = pd.read_csv(out / "background_heavy.csv", index_col="image_id")
+    assert len(background) == 10
+    assert background["background_share"].is_monotonic_decreasing
+    cooc = pd.read_csv(out / "cooccurrence.csv", index_col="class")
+    assert cooc.loc["Paper", "Paper"] == summary.loc["Paper", "images"]
+    for figure in ("class_counts", "object_sizes", "cooccurrence", "samples"):
+        assert (out / f"{figure}.png").stat().st_size > 1000
+
+
+def test_01_eda_without_images_gives_statistics_only(sample_root, tmp_path):
+    data = json.loads((sample_root / "train_all.json").read_text())
+    annotations_only = tmp_path / "annotations_only"
+    annotations_only.mkdir()
+    (annotations_only / "train_all.json").write_text(json.dumps(data))
+    out = tmp_path / "eda"
+    nb = run_notebook("01_eda", tmp_path, data_root=str(annotations_only), output_dir=str(out))
+    assert "overlays skipped" in notebook_text(nb)
+    assert not (out / "samples.png").exists()
+    summary = pd.read_csv(out / "class_summary.csv", index_col="class")
+    assert summary["annotations"].sum() == len(data["annotations"])
+
+
+def test_02_split_writes_checked_folds_and_both_reports(sample_root, tmp_path):
+    out = tmp_path / "splits"
+    run_notebook("02_split", tmp_path, data_root=str(sample_root), output_dir=str(out),
+                 n_splits=3, seed=7, stratify_by="pixels")
+    assert split.available_folds(out) == [0, 1, 2]
+    check = pd.read_csv(out / "fold_check.csv")
+    assert check["ok"].all() and check["val_images"].sum() == 24
+    report = pd.read_csv(out / "fold_report.csv")
+    assert set(report["variant"]) == {"annotations", "pixels"}
+    worst = pd.read_csv(out / "worst_deviation.csv", header=[0, 1], index_col=0)
+    assert {v for v, _ in worst.columns} == {"annotations", "pixels"}
+    # the notebook wrote exactly what the library writes for the same inputs and seed
+    coco = load_coco(sample_root / "train_all.json")
+    folds = split.make_folds(coco, TRASH, 3, 7, "pixels", pixel_counts(coco, TRASH))
+    for path in split.write_folds(coco, folds, tmp_path / "again"):
+        assert path.read_bytes() == (out / path.name).read_bytes()
+
+
+def test_02_split_rejects_too_many_folds_before_writing(sample_root, tmp_path):
+    out = tmp_path / "splits"
+    with pytest.raises(SegkitError, match="n_splits=30 is larger than the 24 images"):
+        run_notebook("02_split", tmp_path, data_root=str(sample_root), output_dir=str(out),
+                     n_splits=30)
+    assert not out.exists()
+
+
+def test_03_copy_paste_generates_images_and_counts(sample_root, tmp_path, monkeypatch):
+    outputs = tmp_path / "outputs"
+    monkeypatch.setenv("SEGKIT_OUTPUTS", str(outputs))
+    coco = load_coco(sample_root / "train_all.json")
+    splits = tmp_path / "splits"
+    folds = split.make_folds(coco, TRASH, 3, 42)
+    split.write_folds(coco, folds, splits)
+    battery_image = next(a["image_id"] for a in coco.annotations if a["category_id"] == 9)
+    fold = next(k for k in range(3) if folds[battery_image] != k)  # Battery in its training set
+    run_notebook("03_copy_paste", tmp_path, data_root=str(sample_root), split_dir=str(splits),
+                 fold=fold, images_per_class={"Battery": 1, "Clothing": 2}, n_preview=2)
+    folder = outputs / "copy_paste" / f"fold{fold}"
+    generated = load_coco(folder / "annotations.json")
+    assert len(generated.images) == 3
+    assert all((folder / img["file_name"]).is_file() for img in generated.images)
+    counts = pd.read_csv(folder / "class_counts.csv", index_col="class")
+    train = load_coco(splits / f"fold{fold}_train.json")
+    assert counts.loc["Battery", "annotations_before"] == sum(
+        a["category_id"] == 9 for a in train.annotations)
+    assert counts.loc["Clothing", "annotations_added"] >= 1
+    assert (folder / "preview.png").stat().st_size > 1000
+    pasted = pd.read_csv(folder / "pasted.csv")
+    assert set(pasted["target_image_id"]) <= {img["id"] for img in train.images}
+    assert set(pasted["source_image_id"]) <= {img["id"] for img in train.images}
+    for img in generated.images:  # labels are consistent COCO for the generated images
+        assert label_map(generated, img, TRASH).shape == (img["height"], img["width"])
+
+
+def test_03_copy_paste_unknown_fold_names_the_allowed(sample_root, tmp_path):
+    splits = tmp_path / "splits"
+    coco = load_coco(sample_root / "train_all.json")
+    split.write_folds(coco, split.make_folds(coco, TRASH, 3, 42), splits)
+    with pytest.raises(SegkitError, match="fold 5 is out of range; allowed: 0, 1, 2"):
+        run_notebook("03_copy_paste", tmp_path, data_root=str(sample_root),
+                     split_dir=str(splits), fold=5)
