@@ -176,6 +176,8 @@ class _RowDecoder:
         # as the one digit at 2j plus the shift accumulated before it.
         np.logical_and(is_digit[:n], is_digit[1: n + 1], out=pair)
         np.logical_and(pair[1:], is_space[:-1], out=pair[1:])
+        if 4 * np.count_nonzero(pair) > count:
+            return self._decode_by_ends(digit, is_digit, is_space)
         starts = np.flatnonzero(pair)
         third = is_digit[starts + 2]
         length = 2 + third
@@ -199,6 +201,38 @@ class _RowDecoder:
         values = np.take(digit, shift)
         values[index] = np.minimum(long_values, 255)
         return self._check_range(values, index, long_values)
+
+    def _decode_by_ends(self, digit: np.ndarray, is_digit: np.ndarray, is_space: np.ndarray):
+        """Valid text with many multi-digit values: each value ends just before a space (or
+        at the end); its number is the digit there, plus 10x the byte before and 100x the
+        one before that when those are digits too."""
+        get, n = self._scratch.get, is_space.size
+        two = get("two", n, bool)
+        np.logical_and(is_digit[:n], is_digit[1: n + 1], out=two)  # bytes i and i+1 digits
+        if n > 2:
+            four = get("four", n - 2, bool)
+            np.logical_and(two[:-2], two[2:], out=four)
+            if four.any():
+                k = int(np.count_nonzero(is_space[: int(np.argmax(four))]))
+                return None, [f"a value at {_pixel(k, self.size)} has more than "
+                              f"{_MAX_VALUE_DIGITS} digits: outside 0..{self.num_classes - 1}"]
+        ones = get("ones", n, np.uint8)
+        np.multiply(digit[:n], is_digit[:n], out=ones)  # spaces count as 0
+        number = get("number", n, np.int16)
+        np.copyto(number, ones)
+        place = get("place", n, np.int16)
+        np.multiply(ones[:-1], 10, out=place[1:], casting="unsafe")
+        np.add(number[1:], place[1:], out=number[1:])
+        if n > 2:
+            np.multiply(ones[:-2], is_digit[1: n - 1], out=place[2:], casting="unsafe")
+            np.multiply(place[2:], 100, out=place[2:])
+            np.add(number[2:], place[2:], out=number[2:])
+        last = get("last", n, bool)
+        last[:-1] = is_space[1:]
+        last[-1] = True
+        values = np.compress(last, number)
+        values, problems = self._check_range(values)
+        return (None, problems) if problems else (values.astype(np.uint8), [])
 
     def _check_range(self, values: np.ndarray, long_index: np.ndarray | None = None,
                      long_values: np.ndarray | None = None

@@ -290,3 +290,31 @@ def test_cli_check_submission_missing_file_exits_2(tmp_path, test_json, capsys):
     code = main(["check-submission", str(tmp_path / "none.csv"), "--test-json", str(test_json)])
     assert code == 2
     assert "none.csv: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("share", [0.0, 0.02, 0.5, 1.0])
+def test_reading_any_mix_of_value_widths(tmp_path, share):
+    """Rows with no, few, many and only multi-digit values (each read a different way)."""
+    rng = np.random.default_rng(int(share * 100))
+    values = rng.integers(0, 10, (3, 64))
+    wide = rng.random((3, 64)) < share
+    values[wide] = rng.choice([10, 99, 100, 254], int(wide.sum()))
+    path = tmp_path / "sub.csv"
+    write_text(path, [plain_row(n, v) for n, v in zip(NAMES, values, strict=True)])
+    np.testing.assert_array_equal(read_submission(path, 255, SIZE)[1], values)
+    if (values == 254).any():
+        with pytest.raises(SubmissionError, match="value 254 at pixel"):
+            read_submission(path, 200, SIZE)
+
+
+@pytest.mark.parametrize("share", [0.02, 1.0])
+def test_four_digit_values_are_caught_among_few_or_many_long_ones(tmp_path, share):
+    rng = np.random.default_rng(3)
+    tokens = [str(v) for v in rng.integers(0, 10, 64)]
+    for k in np.flatnonzero(rng.random(64) < share):
+        tokens[k] = "100"
+    tokens[40] = "1000"
+    path = tmp_path / "sub.csv"
+    write_text(path, [f"a.jpg,{' '.join(tokens)}"])
+    with pytest.raises(SubmissionError, match=r"a value at pixel 40 \(y=5, x=0\) has more than 3"):
+        read_submission(path, 255, SIZE)
