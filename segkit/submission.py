@@ -145,9 +145,10 @@ class _RowDecoder:
         np.less(digit, 10, out=is_digit)
         is_space = get("is_space", n, bool)
         np.equal(raw, _SPACE, out=is_space)
-        either = get("either", n, bool)
-        np.logical_or(is_digit[:n], is_space, out=either)
-        if not either.all():
+        spaces = int(np.count_nonzero(is_space))
+        if spaces + int(np.count_nonzero(is_digit[:n])) != n:  # something else in the text
+            either = get("either", n, bool)
+            np.logical_or(is_digit[:n], is_space, out=either)
             first = int(np.argmin(either))
             position = int(np.count_nonzero(is_space[:first]))
             text = bytes(text)
@@ -164,7 +165,7 @@ class _RowDecoder:
             position = int(np.count_nonzero(is_space[: int(np.argmax(pair[: n - 1])) + 1]))
             return None, ["values must be separated by single spaces: two spaces before "
                           f"{_pixel(position, self.size)}"]
-        count = int(np.count_nonzero(is_space)) + 1
+        count = spaces + 1
         if count != self.expected:
             return None, [f"has {count} values, expected {self.expected} "
                           f"({self.size[0]}x{self.size[1]})"]
@@ -239,6 +240,9 @@ class _RowDecoder:
                      ) -> tuple[np.ndarray | None, list[str]]:
         """`values` (uint8) unless some lie outside 0..C-1; values of more than two digits
         come separately (`long_index`, `long_values`) as they may not fit uint8."""
+        if int(values.max()) < self.num_classes and (
+                long_values is None or int(long_values.max(initial=0)) < self.num_classes):
+            return values, []
         outside = np.flatnonzero(values >= self.num_classes)
         if long_index is not None and long_index.size:
             outside = np.union1d(outside, long_index[long_values >= self.num_classes])
