@@ -471,8 +471,8 @@ def read_submission(path: str | os.PathLike, num_classes: int = NUM_CLASSES,
     for _, name, values in iter_submission(path, num_classes, size):
         names.append(name)
         rows.append(values)
-    pixels = _check_parameters(num_classes, size)
-    array = np.stack(rows) if rows else np.zeros((0, pixels[0] * pixels[1]), np.uint8)
+    height, width = _check_parameters(num_classes, size)
+    array = np.stack(rows) if rows else np.zeros((0, height * width), np.uint8)
     return names, array
 
 
