@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ import pandas as pd
 from pycocotools import mask as mask_utils
 
 from segkit.classes import BACKGROUND, ClassTable
-from segkit.coco import Coco, load_coco, rasterize, read_image, write_coco
+from segkit.coco import Coco, _compressed_rle, load_coco, read_image, write_coco
 from segkit.errors import ParameterError
 from segkit.paths import outputs_dir, write_bytes_atomic, write_text_atomic
 
@@ -75,20 +76,75 @@ class _Instance:
     category_id: int
 
 
-def _decode(segmentation, height: int, width: int) -> np.ndarray:
-    # segkit's own RLE decoder (pycocotools' decode warns under numpy 2)
-    return rasterize([segmentation], [1], height, width).astype(bool)
+def _rles(annotations: list[dict], height: int, width: int) -> list[dict]:
+    return [{"size": [height, width], "counts": _compressed_rle(a["segmentation"], height, width)}
+            for a in annotations]
 
 
-def visible_masks(annotations: list[dict], height: int, width: int) -> list[np.ndarray]:
-    """Each annotation's full mask and, painted largest first (segkit's label-map rule), the
-    part of it that stays visible: returns [(full, visible), ...] in the given order."""
-    full = [_decode(a["segmentation"], height, width) for a in annotations]
-    areas = np.array([m.sum() for m in full], np.int64)
+def _areas(rles: list[dict]) -> np.ndarray:
+    # pycocotools' area() fails on lists longer than 255: measure in chunks
+    return np.concatenate([mask_utils.area(rles[i:i + 255]) for i in range(0, len(rles), 255)]
+                          + [np.zeros(0)]).astype(np.int64)
+
+
+def _decode_all(rles: list[dict], height: int, width: int) -> np.ndarray:
+    """(H, W, n) uint8 masks in one pycocotools call (its numpy-2 DeprecationWarning muted)."""
+    if not rles:
+        return np.zeros((height, width, 0), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rles)
+
+
+def visible_areas(annotations: list[dict], height: int, width: int) -> np.ndarray:
+    """Pixels of each annotation still visible when painted largest first (segkit's label-map
+    rule), computed on run-length encodings: area minus the overlap with everything painted
+    after it."""
+    rles = _rles(annotations, height, width)
+    areas = _areas(rles)
+    shown = areas.copy()
+    covered = None  # union of the annotations painted after the current one
+    for k in np.argsort(-areas, kind="stable")[::-1]:
+        if covered is not None:
+            hidden = mask_utils.area(mask_utils.merge([rles[k], covered], intersect=True))
+            shown[k] -= int(hidden)
+            covered = mask_utils.merge([rles[k], covered])
+        else:
+            covered = rles[k]
+    return shown
+
+
+def owner_map(annotations: list[dict], height: int, width: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Which annotation shows at each pixel (-1: none), painted largest first, and the full
+    (H, W, n) masks. `owner == k` is annotation k's visible part."""
+    rles = _rles(annotations, height, width)
+    masks = _decode_all(rles, height, width)
     owner = np.full((height, width), -1, np.int32)
-    for k in np.argsort(-areas, kind="stable"):
-        owner[full[k]] = k
-    return [(m, owner == k) for k, m in enumerate(full)]
+    if rles:
+        order = np.argsort(-_areas(rles), kind="stable")
+        painted = masks[:, :, order[::-1]]  # last painted first: argmax finds the winner
+        winner = np.argmax(painted, axis=2)
+        owner = np.where(painted.any(axis=2), order[::-1][winner], -1).astype(np.int32)
+    return owner, masks
+
+
+def _visible_mask(annotations: list[dict], k: int, height: int, width: int) -> np.ndarray:
+    """Annotation k's visible part: its mask minus the annotations painted after it that
+    overlap its box (only those are decoded)."""
+    rles = _rles(annotations, height, width)
+    areas = _areas(rles)
+    boxes = mask_utils.toBbox(rles)  # x, y, w, h
+    rank = np.empty(len(rles), np.int64)
+    rank[np.argsort(-areas, kind="stable")] = np.arange(len(rles))
+    x, y, w, h = boxes[k]
+    later = [j for j in range(len(rles)) if rank[j] > rank[k]
+             and boxes[j, 0] < x + w and x < boxes[j, 0] + boxes[j, 2]
+             and boxes[j, 1] < y + h and y < boxes[j, 1] + boxes[j, 3]]
+    mask = _decode_all([rles[k]], height, width)[:, :, 0].astype(bool)
+    if later:
+        mask &= ~_decode_all([rles[j] for j in later], height, width).any(axis=2)
+    return mask
 
 
 def _encode(mask: np.ndarray) -> dict:
@@ -173,8 +229,8 @@ def instance_pool(coco: Coco, class_names: Sequence[str], classes: ClassTable | 
         anns = coco.annotations_by_image[image["id"]]
         if not any(a["category_id"] in wanted for a in anns):
             continue
-        for ann, (_, visible) in zip(anns, visible_masks(anns, image["height"], image["width"])):
-            if ann["category_id"] in wanted and visible.sum() >= MIN_INSTANCE_PIXELS:
+        for ann, shown in zip(anns, visible_areas(anns, image["height"], image["width"])):
+            if ann["category_id"] in wanted and shown >= MIN_INSTANCE_PIXELS:
                 name = wanted[ann["category_id"]]
                 pool[name].append(_Instance(ann["id"], image["id"], name, ann["category_id"]))
     empty = [n for n, instances in pool.items() if not instances]
@@ -283,7 +339,7 @@ def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_r
             info = coco.image_by_id[instance.image_id]
             anns = coco.annotations_by_image[instance.image_id]
             k = next(i for i, a in enumerate(anns) if a["id"] == instance.annotation_id)
-            visible = visible_masks(anns, info["height"], info["width"])[k][1]
+            visible = _visible_mask(anns, k, info["height"], info["width"])
             ys, xs = np.nonzero(visible)
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
             rgb = read_image(data_root, info)[y0:y1, x0:x1].copy()
@@ -299,9 +355,11 @@ def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_r
             picture = read_image(data_root, target).copy()
             new_id = next_image_id + job
             anns = coco.annotations_by_image[target["id"]]
-            # [annotation or None, category id, current mask, visible mask, changed?, log row]
-            regions = [[a, a["category_id"], full, visible, False, None]
-                       for a, (full, visible) in zip(anns, visible_masks(anns, h, w))]
+            # owner: which annotation shows at each pixel; pasted objects get ids n, n+1, ...
+            owner, full_masks = owner_map(anns, h, w)
+            n = len(anns)
+            modified = np.zeros(n, bool)  # cut: its segmentation becomes `owner == k`
+            pasted_objects = []  # (owner id, category id, log row)
             for _ in range(objects_per_image):
                 instance = pool[class_name][int(rng.integers(len(pool[class_name])))]
                 rgb, mask = cutout(instance)
@@ -311,31 +369,34 @@ def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_r
                 rgb_t, mask_t, scale = _transform(rgb, mask, scale, angle, flip, h, w)
                 y = int(rng.integers(0, h - mask_t.shape[0] + 1))
                 x = int(rng.integers(0, w - mask_t.shape[1] + 1))
-                covered = np.zeros((h, w), bool)
-                covered[y:y + mask_t.shape[0], x:x + mask_t.shape[1]] = mask_t
-                if not covered.any():
+                if not mask_t.any():
                     continue
-                picture[covered] = rgb_t[mask_t]
-                for region in regions:
-                    if (region[2] & covered).any():  # touched: keep only what still shows
-                        region[3] = region[3] & ~covered
-                        region[2] = region[3]
-                        region[4] = True
-                regions.append([None, instance.category_id, covered, covered.copy(), True,
-                                len(log)])
+                window = (slice(y, y + mask_t.shape[0]), slice(x, x + mask_t.shape[1]))
+                picture[window][mask_t] = rgb_t[mask_t]
+                # touched: an untouched annotation's full mask, or a cut one's visible part,
+                # reaches under the new object
+                under = np.zeros(n + len(pasted_objects) + 1, bool)
+                shown = owner[window][mask_t]
+                under[shown[shown >= 0]] = True
+                modified |= full_masks[window][mask_t].any(axis=0) | under[:n]
+                owner_id = n + len(pasted_objects)
+                owner[window][mask_t] = owner_id
+                pasted_objects.append((owner_id, instance.category_id, len(log)))
                 log.append([new_id, f"images/{job:05d}.jpg", class_name, target["id"],
                             instance.annotation_id, instance.image_id, scale, angle, flip,
-                            int(covered.sum()), -1])
-            for original, category_id, _, visible, changed, log_row in regions:
-                if not changed:
-                    source = annotation_by_id[original["id"]]
+                            int(mask_t.sum()), -1])
+            regions = [(k, a["category_id"], None) for k, a in enumerate(anns)] + pasted_objects
+            for k, category_id, log_row in regions:
+                if k < n and not modified[k]:
+                    source = annotation_by_id[anns[k]["id"]]
                     annotations_out.append({**source, "id": next_ann_id, "image_id": new_id})
-                elif visible.any():
+                else:
+                    visible = owner == k
+                    if not visible.any():
+                        continue  # fully covered: dropped
                     annotations_out.append(_annotation(next_ann_id, new_id, category_id, visible))
                     if log_row is not None:
                         log[log_row][-1] = next_ann_id
-                else:
-                    continue  # fully covered: dropped
                 next_ann_id += 1
             file_name = f"images/{job:05d}.jpg"
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),

@@ -224,3 +224,20 @@ def test_preview_shows_target_and_result(generated, train, sample_root):
     assert "Battery" in names
     with pytest.raises(ParameterError, match="n must be at least 1"):
         cp.preview(train, sample_root, generated, n=0)
+
+
+def test_visible_parts_agree_with_the_label_map(train):
+    for image in train.images[:8]:
+        anns = train.annotations_by_image[image["id"]]
+        h, w = image["height"], image["width"]
+        owner, masks = cp.owner_map(anns, h, w)
+        assert masks.shape == (h, w, len(anns))
+        label = label_map(train, image, TRASH)
+        painted = np.zeros((h, w), np.uint8)
+        for k, ann in enumerate(anns):
+            painted[owner == k] = ann["category_id"]  # trash ids equal indices
+        np.testing.assert_array_equal(painted, label)
+        areas = cp.visible_areas(anns, h, w)
+        for k in range(len(anns)):
+            assert areas[k] == (owner == k).sum()
+            np.testing.assert_array_equal(cp._visible_mask(anns, k, h, w), owner == k)
