@@ -49,7 +49,7 @@ import pandas as pd
 from pycocotools import mask as mask_utils
 
 from segkit.classes import BACKGROUND, ClassTable
-from segkit.coco import Coco, _compressed_rle, load_coco, read_image, write_coco
+from segkit.coco import Coco, _compressed_rle, load_coco, rasterize, read_image, write_coco
 from segkit.errors import ParameterError
 from segkit.paths import outputs_dir, write_bytes_atomic, write_text_atomic
 
@@ -120,13 +120,13 @@ def owner_map(annotations: list[dict], height: int, width: int
     (H, W, n) masks. `owner == k` is annotation k's visible part."""
     rles = _rles(annotations, height, width)
     masks = _decode_all(rles, height, width)
-    owner = np.full((height, width), -1, np.int32)
-    if rles:
-        order = np.argsort(-_areas(rles), kind="stable")
-        painted = masks[:, :, order[::-1]]  # last painted first: argmax finds the winner
-        winner = np.argmax(painted, axis=2)
-        owner = np.where(painted.any(axis=2), order[::-1][winner], -1).astype(np.int32)
-    return owner, masks
+    # segkit's rasteriser paints "classes" 0..255 with the label-map rule; painting annotation
+    # number k + 1 as two bytes (low, then high) gives the winner for any number of annotations.
+    segmentations = [a["segmentation"] for a in annotations]
+    number = np.arange(1, len(annotations) + 1)
+    low = rasterize(segmentations, number & 0xFF, height, width).astype(np.int32)
+    high = rasterize(segmentations, number >> 8, height, width).astype(np.int32)
+    return (high << 8) + low - 1, masks
 
 
 def _visible_mask(annotations: list[dict], k: int, height: int, width: int) -> np.ndarray:

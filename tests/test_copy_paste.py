@@ -241,3 +241,20 @@ def test_visible_parts_agree_with_the_label_map(train):
         for k in range(len(anns)):
             assert areas[k] == (owner == k).sum()
             np.testing.assert_array_equal(cp._visible_mask(anns, k, h, w), owner == k)
+
+
+def test_owner_map_with_more_than_255_annotations():
+    rng = np.random.default_rng(0)
+    anns = []
+    for k in range(300):  # random overlapping boxes on a 40x40 image
+        x, y = rng.integers(0, 36, 2)
+        bw, bh = rng.integers(1, 5, 2)
+        anns.append({"segmentation": [[int(x), int(y), int(x + bw), int(y), int(x + bw),
+                                       int(y + bh), int(x), int(y + bh)]]})
+    owner, masks = cp.owner_map(anns, 40, 40)
+    expected = np.full((40, 40), -1)
+    areas = masks.reshape(-1, 300).sum(0)
+    for k in np.argsort(-areas, kind="stable"):  # paint largest first
+        expected[masks[:, :, k].astype(bool)] = k
+    np.testing.assert_array_equal(owner, expected)
+    assert owner.max() > 255
