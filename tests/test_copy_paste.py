@@ -246,7 +246,7 @@ def test_visible_parts_agree_with_the_label_map(train):
 def test_owner_map_with_more_than_255_annotations():
     rng = np.random.default_rng(0)
     anns = []
-    for k in range(300):  # random overlapping boxes on a 40x40 image
+    for _ in range(300):  # random overlapping boxes on a 40x40 image
         x, y = rng.integers(0, 36, 2)
         bw, bh = rng.integers(1, 5, 2)
         anns.append({"segmentation": [[int(x), int(y), int(x + bw), int(y), int(x + bw),
