@@ -145,13 +145,49 @@ class EfficientNetLite0(nn.Module):
         return tuple(outs)
 
 
+class SoftmaxFocalLoss(nn.Module):
+    """Multi-class focal loss, -(1 - p_t)^gamma * log(p_t), averaged over labelled pixels.
+
+    mmseg's own FocalLoss is sigmoid-only and its CPU path mis-slices the one-hot target, so
+    segkit brings this one. `class_weight` scales each pixel's loss by its true class's
+    weight; `ignore_index` pixels (pseudo-label uncertainty, padding) count for nothing.
+    """
+
+    def __init__(self, gamma: float = 2.0, class_weight=None, loss_weight: float = 1.0,
+                 ignore_index: int = 255, loss_name: str = "loss_focal"):
+        super().__init__()
+        self.gamma = gamma
+        self.class_weight = class_weight
+        self.loss_weight = loss_weight
+        self.ignore_index = ignore_index
+        self._loss_name = loss_name
+
+    def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        valid = target != ignore
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        log_p = torch.log_softmax(pred.float(), dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
+        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
+        w = valid.float()
+        if self.class_weight is not None:
+            w = w * pred.new_tensor(self.class_weight).float()[safe]
+        if weight is not None:
+            w = w * weight
+        return self.loss_weight * (loss * w).sum() / w.sum().clamp_min(1.0)
+
+    @property
+    def loss_name(self):
+        return self._loss_name
+
+
 def register_modules() -> None:
-    """Register segkit's backbone with mmseg's MODELS registry (idempotent)."""
+    """Register segkit's backbone and loss with mmseg's MODELS registry (idempotent)."""
     compat.apply()
     from mmseg.registry import MODELS
 
-    if "EfficientNetLite0" not in MODELS.module_dict:
-        MODELS.register_module(module=EfficientNetLite0)
+    for module in (EfficientNetLite0, SoftmaxFocalLoss):
+        if module.__name__ not in MODELS.module_dict:
+            MODELS.register_module(module=module)
 
 
 def _lite0_model(pretrained: bool) -> dict:

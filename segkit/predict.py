@@ -307,7 +307,8 @@ def predict_dataset(model, coco, data_root, out_dir, *, split: str = "test",
         from segkit.submission import write_submission
 
         write_submission(out_dir / "submission.csv", [img["file_name"] for img in coco.images],
-                         (small_labels[img["id"]] for img in coco.images))
+                         (small_labels[img["id"]] for img in coco.images),
+                         num_classes=len(classes), size=tuple(out_size))
     write_prediction_meta(out_dir, coco.images, classes, out_size, split,
                           checkpoint=getattr(model, "segkit_checkpoint", None),
                           flips=list(flips), scales=list(scales),

@@ -98,6 +98,74 @@ def register_dataset() -> None:
 
     if "CocoSegDataset" in DATASETS.module_dict:
         return
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    @HOOKS.register_module()
+    class RNGStateHook(Hook):
+        """Makes `resume=True` continue exactly where a killed run stopped.
+
+        On resume mmengine re-seeds every generator and fast-forwards the sampler without
+        loading the skipped batches, so the augmentations (numpy) and dropout / drop-path
+        masks (torch) would differ from an uninterrupted run. Checkpoints keep the generators'
+        states; numpy's and Python's are put back before the first resumed batch is loaded,
+        torch's after it (creating the data loader iterator draws from torch's generator).
+        Validation leaves the generators as it found them, so training draws the same
+        numbers whatever the validation interval.
+        """
+
+        priority = "VERY_LOW"
+
+        def __init__(self):
+            self._saved = None
+            self._before_val = None
+
+        @staticmethod
+        def _states():
+            import random
+
+            import torch
+
+            return dict(
+                torch=torch.get_rng_state(), numpy=np.random.get_state(),
+                python=random.getstate(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+        def before_val_epoch(self, runner):
+            self._before_val = self._states()
+
+        def after_val_epoch(self, runner, metrics=None):
+            import random
+
+            import torch
+
+            if self._before_val:
+                torch.set_rng_state(self._before_val["torch"])
+                np.random.set_state(self._before_val["numpy"])
+                random.setstate(self._before_val["python"])
+                self._before_val = None
+
+        def before_save_checkpoint(self, runner, checkpoint):
+            checkpoint["segkit_rng"] = self._before_val or self._states()
+
+        def after_load_checkpoint(self, runner, checkpoint):
+            self._saved = checkpoint.get("segkit_rng")
+
+        def before_train(self, runner):
+            import random
+
+            if self._saved:
+                np.random.set_state(self._saved["numpy"])
+                random.setstate(self._saved["python"])
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            import torch
+
+            if self._saved:
+                torch.set_rng_state(self._saved["torch"])
+                if self._saved["cuda"] is not None and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(self._saved["cuda"])
+                self._saved = None
 
     @DATASETS.register_module()
     class CocoSegDataset(BaseSegDataset):
@@ -167,12 +235,15 @@ def _loss_config(loss: str, class_weights, num_classes: int) -> list[dict] | dic
         raise ParameterError(f"class_weights has {len(class_weights)} values; "
                              f"{num_classes} classes need one each")
     weights = list(map(float, class_weights)) if class_weights is not None else None
+    # avg_non_ignore: average over labelled pixels only (pseudo labels ignore many). mmseg
+    # mis-indexes when it is combined with class weights, whose weighted mean already skips
+    # ignored pixels, so it is only set without them.
     ce = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0,
-              class_weight=weights, avg_non_ignore=True, loss_name="loss_ce")
+              class_weight=weights, avg_non_ignore=weights is None, loss_name="loss_ce")
     dice = dict(type="DiceLoss", loss_weight=1.0, ignore_index=IGNORE_INDEX,
                 loss_name="loss_dice")
-    focal = dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0,
-                 class_weight=weights, loss_name="loss_focal")
+    focal = dict(type="SoftmaxFocalLoss", gamma=2.0, class_weight=weights, loss_weight=1.0,
+                 loss_name="loss_focal")
     return {"ce": ce, "focal": focal, "dice": dice, "ce+dice": [ce, dice]}[loss]
 
 
@@ -285,7 +356,7 @@ def build_config(*, data_root="", fold: int | None = 0, train_file=None, val_fil
                  end=iters, T_max=max(iters - warmup, 1)))
     schedulers.append(main)
 
-    custom_hooks = []
+    custom_hooks = [dict(type="RNGStateHook")]
     if averaging == "ema":
         custom_hooks.append(dict(type="EMAHook", ema_type="ExponentialMovingAverage",
                                  momentum=ema_momentum, update_buffers=True, priority=49))
@@ -463,6 +534,9 @@ def run(resume: bool = False, **params) -> RunResult:
         raise ParameterError(f"{work_dir} already holds a run: pass resume=True to continue "
                              "it, or another run_name / work_dir")
     cfg_dict["resume"] = bool(resume)
+    # mmengine keeps visualizers by name for the whole process: a fresh name per run keeps a
+    # second run in the same kernel (a notebook, the tests) from writing into the first's.
+    cfg_dict["visualizer"]["name"] = f"segkit-{time.time_ns()}"
     work_dir.mkdir(parents=True, exist_ok=True)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
     write_text_atomic(work_dir / "params.json", json.dumps(record, indent=1, default=str))
@@ -482,14 +556,8 @@ def run(resume: bool = False, **params) -> RunResult:
 
 
 def _close_visualizer(runner) -> None:
-    """Flush TensorBoard files and free mmengine's global instances, so a second run in the
-    same kernel (a notebook) starts clean."""
+    """Flush and close the run's TensorBoard and local scalar files."""
     try:
         runner.visualizer.close()
     except Exception:  # noqa: BLE001 - closing is best effort
         pass
-    from mmengine.logging import MMLogger
-    from mmengine.visualization import Visualizer
-
-    for manager in (Visualizer, MMLogger):
-        manager._instance_dict.clear()

@@ -67,3 +67,24 @@ def notebook_text(nb) -> str:
             elif "data" in out and "text/plain" in out["data"]:
                 parts.append(out["data"]["text/plain"])
     return "\n".join(parts)
+
+
+TINY_TRAIN = dict(image_size=96, crop_size=64, batch_size=4, num_workers=0, log_interval=10,
+                  warmup_iters=10, lr=0.002)
+
+
+def tiny_train_params(sample_root: Path, **overrides) -> dict:
+    """Parameters of a CPU-sized run on the tiny sample (organisers' train/val split)."""
+    return {"data_root": str(sample_root), "fold": None,
+            "train_file": str(sample_root / "train.json"),
+            "val_file": str(sample_root / "val.json"), **TINY_TRAIN, **overrides}
+
+
+@pytest.fixture(scope="session")
+def trained_run(sample_root, tmp_path_factory):
+    """One short real training run shared by the training, prediction and ensemble tests."""
+    from segkit.train import run
+
+    work_dir = tmp_path_factory.mktemp("runs") / "lite0"
+    return run(**tiny_train_params(sample_root, iters=150, val_interval=50,
+                                   work_dir=str(work_dir)))

@@ -8,8 +8,16 @@ from pycocotools import mask as mask_utils
 import segkit.coco as coco_mod
 from segkit.__main__ import main
 from segkit.classes import TRASH
-from segkit.coco import (cached_label_maps, check_coco, label_map, load_coco, rasterize,
-                         read_image, subset, write_coco)
+from segkit.coco import (
+    cached_label_maps,
+    check_coco,
+    label_map,
+    load_coco,
+    rasterize,
+    read_image,
+    subset,
+    write_coco,
+)
 from segkit.errors import CocoError
 from tests.conftest import write_json
 
