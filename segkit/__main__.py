@@ -101,6 +101,39 @@ def _cmd_copy_paste(args) -> int:
     return 0
 
 
+def parse_assignments(items: list[str]) -> dict:
+    """`key=value` pairs with YAML values: `iters=800 augment=[flip] amp=true`."""
+    import yaml
+
+    from segkit.errors import ParameterError
+
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParameterError(f"expected key=value, got {item!r}")
+        params[key.replace("-", "_")] = yaml.safe_load(value) if value else None
+    return params
+
+
+def _cmd_train(args) -> int:
+    import inspect
+
+    from segkit.errors import ParameterError
+    from segkit.train import build_config, run
+
+    params = parse_assignments(args.params)
+    allowed = set(inspect.signature(build_config).parameters) - {"launcher"}
+    unknown = set(params) - allowed - {"resume"}
+    if unknown:
+        raise ParameterError(f"unknown training parameters {sorted(unknown)}; allowed: "
+                             f"{', '.join(sorted(allowed | {'resume'}))}")
+    result = run(**params)
+    print(f"run folder: {result.work_dir}")
+    print(f"best checkpoint: {result.best_checkpoint} (val mIoU {result.best_miou:.4f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m segkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("train", help="train a model: key=value parameters of segkit.train.run "
+                       "(under torchrun for several GPUs)")
+    p.add_argument("params", nargs="*", metavar="KEY=VALUE",
+                   help="e.g. fold=3 model=upernet_swin_l iters=80000 data_root=/data/trash")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("check-coco", help="validate a COCO file (and its images) and list problems")
     p.add_argument("file")

@@ -294,6 +294,13 @@ def build_config(*, data_root="", fold: int | None = 0, train_file=None, val_fil
     elif fold is None:
         raise ParameterError("pass a fold index or train_file and val_file")
     else:
+        if not data_root and splits_dir is None and \
+                not (outputs_dir() / "splits" / "fold0_val.json").exists():
+            # the embedded sample gets 02_split's default folds on first use, so 04_train
+            # runs on its own; real data must be split explicitly (02_split)
+            from segkit.split import split_file
+
+            split_file(root / "train_all.json")
         train_file, val_file = fold_files(int(fold), splits_dir)
     for name, value, allowed in (("schedule", schedule, SCHEDULES),
                                  ("optimizer", optimizer, OPTIMIZERS),
