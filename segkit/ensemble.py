@@ -529,3 +529,236 @@ def greedy_selection(pred_dirs: Sequence[str | os.PathLike],
         step_miou.append(float(scores[best]))
     return SelectionResult([str(d) for d in folders.dirs], chosen, counts.tolist(), step_miou,
                            [float(s) for s in single_miou])
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook helpers: predictions of runs, scores side by side, disagreement, the submission
+# ---------------------------------------------------------------------------------------------
+
+ENSEMBLE_METHODS = ("soft", "hard", "greedy")
+
+
+def predict_run(run_dir: str | os.PathLike, coco_file: str | os.PathLike,
+                data_root: str | os.PathLike, split: str, out_dir: str | os.PathLike | None = None,
+                checkpoint: str = "best", progress: bool = False, **predict_options) -> Path:
+    """The prediction folder of a run's checkpoint on a COCO file, predicted unless a complete
+    folder of the same checkpoint and file is already there.
+
+    Default folder: outputs/predictions/<run folder name>/<split>. `predict_options` go to
+    `segkit.predict.predict_dataset` (flips, scales, slide, ...).
+
+    Example:
+        >>> predict_run("outputs/runs/lite0_fold0", "data/test.json", "data", "test")  # doctest: +SKIP
+    """
+    from segkit.classes import ClassTable
+    from segkit.coco import load_coco
+    from segkit.paths import outputs_dir
+    from segkit.predict import (
+        check_model_classes,
+        load_model,
+        predict_dataset,
+        resolve_checkpoint,
+    )
+
+    run_dir = Path(run_dir)
+    ckpt = resolve_checkpoint(run_dir, checkpoint)
+    out_dir = Path(out_dir) if out_dir else outputs_dir() / "predictions" / run_dir.name / split
+    coco = load_coco(coco_file)
+    if (out_dir / "meta.json").exists():
+        try:
+            meta = read_prediction_meta(out_dir)
+        except (SegkitError, ValueError):
+            meta = {}
+        same = {"checkpoint": str(ckpt), "source": str(coco.path), "split": split}
+        same.update({k: list(v) if isinstance(v, tuple) else v
+                     for k, v in predict_options.items() if k in ("flips", "scales")})
+        if all(meta.get(k) == v for k, v in same.items()):
+            return out_dir
+    model = load_model(run_dir, checkpoint)
+    check_model_classes(model, ClassTable.for_coco(coco.categories).names, str(coco.path))
+    return predict_dataset(model, coco, data_root, out_dir, split=split, progress=progress,
+                           **predict_options)
+
+
+def truth_at_size(coco, classes, size: Sequence[int]) -> dict[int, np.ndarray]:
+    """Ground-truth label maps (cached ones) shrunk to `size` (H, W) by nearest neighbour: the
+    truth that stored probabilities are scored against."""
+    import cv2
+
+    from segkit.coco import cached_label_maps, read_label
+
+    paths = cached_label_maps(coco, classes)
+    height, width = int(size[0]), int(size[1])
+    return {image_id: cv2.resize(read_label(path), (width, height),
+                                 interpolation=cv2.INTER_NEAREST)
+            for image_id, path in paths.items()}
+
+
+@dataclass
+class EnsembleScores:
+    """Validation scores side by side.
+
+    table: rows = classes then "mIoU", one column per model and per ensemble (IoU, nan where a
+    class is in neither prediction nor truth). per_image: image_id, file_name and the share of
+    pixels where the models disagree (most first; zeros with a single model).
+    """
+
+    table: object  # pandas DataFrame
+    per_image: object  # pandas DataFrame
+
+    @property
+    def miou(self):
+        return self.table.loc["mIoU"]
+
+
+def score_ensembles(pred_dirs: Sequence[str | os.PathLike],
+                    truth: Mapping[int, np.ndarray] | Callable[[dict], np.ndarray],
+                    names: Sequence[str] | None = None,
+                    soft: Mapping[str, Sequence[float] | None] | None = None,
+                    hard: Mapping[str, Sequence[float] | None] | None = None,
+                    ignore_index: int = IGNORE_INDEX) -> EnsembleScores:
+    """Per-class IoU and mIoU of each model and of each ensemble, in one pass over the images.
+
+    `soft` maps an ensemble's name to its weights (None = equal): the weighted mean of the
+    probabilities, argmax. `hard` likewise: the weighted vote of the models' label maps
+    (`weighted_vote`, the tie rule of hard_vote). One confusion matrix per column over all
+    images, as the competition scores.
+
+    Example:
+        >>> scores = score_ensembles(["a/val", "b/val"], truth, soft={"soft vote": None},
+        ...                          hard={"hard vote": None})            # doctest: +SKIP
+        >>> scores.table                                                   # doctest: +SKIP
+    """
+    import pandas as pd
+
+    folders = _read_folders(pred_dirs, minimum=1)
+    count, num_classes = len(folders.dirs), len(folders.classes)
+    names = list(names) if names is not None else [str(d) for d in folders.dirs]
+    if len(names) != count:
+        raise ParameterError(f"{len(names)} names for {count} prediction folders")
+    soft, hard = dict(soft or {}), dict(hard or {})
+    columns = names + list(soft) + list(hard)
+    if len(set(columns)) != len(columns):
+        raise ParameterError(f"model and ensemble names must be distinct, got {columns}")
+    soft_weights = {k: _folder_weights(w, count) for k, w in soft.items()}
+    hard_weights = {k: _check_weights(w, count, "prediction folders") for k, w in hard.items()}
+    matrices = {c: np.zeros((num_classes, num_classes), np.int64) for c in columns}
+    rows = []
+    for image in folders.images:
+        probs = [_load_quantised(d, image["id"], num_classes) for d in folders.dirs]
+        for d, p in zip(folders.dirs, probs, strict=True):
+            if p.shape != probs[0].shape:
+                raise SegkitError(f"{d}: probabilities of image id {image['id']} are {p.shape},"
+                                  f" not {probs[0].shape}")
+        label = _truth_for(truth, image, probs[0].shape[1:], num_classes, ignore_index)
+        labels = np.stack([_argmax_classes(p) for p in probs])
+        for name, pred in zip(names, labels, strict=True):
+            matrices[name] += confusion_matrix(pred, label, num_classes, ignore_index)
+        for name, (weights, acc_type) in soft_weights.items():
+            acc = np.zeros(probs[0].shape, acc_type)
+            for p, w in zip(probs, weights, strict=True):
+                if w:
+                    acc += p * w
+            matrices[name] += confusion_matrix(_argmax_classes(acc), label, num_classes,
+                                               ignore_index)
+        for name, weights in hard_weights.items():
+            vote = weighted_vote(labels, weights, num_classes)
+            matrices[name] += confusion_matrix(vote, label, num_classes, ignore_index)
+        share = float(disagreement(labels).astype(bool).mean()) if count > 1 else 0.0
+        rows.append((image["id"], image.get("file_name", ""), share))
+    from segkit.metrics import per_class_iou
+
+    table = pd.DataFrame({c: np.append(per_class_iou(m), miou(m)) for c, m in matrices.items()},
+                         index=list(folders.classes) + ["mIoU"])
+    per_image = pd.DataFrame(rows, columns=["image_id", "file_name", "disagreement"])
+    per_image = per_image.sort_values(["disagreement", "image_id"],
+                                      ascending=[False, True]).reset_index(drop=True)
+    return EnsembleScores(table, per_image)
+
+
+def show_disagreement(pred_dirs: Sequence[str | os.PathLike], image_ids: Sequence[int],
+                      data_root: str | os.PathLike, classes, names: Sequence[str] | None = None):
+    """One row per image: the image at the probabilities' size, each model's label map over
+    it, and the per-pixel disagreement (share of models differing from the vote)."""
+    import cv2
+    import matplotlib.pyplot as plt
+
+    from segkit.coco import read_image
+    from segkit.viz import legend_handles, overlay
+
+    folders = _read_folders(pred_dirs, minimum=2)
+    count, num_classes = len(folders.dirs), len(folders.classes)
+    names = list(names) if names is not None else [d.parent.name or str(d) for d in folders.dirs]
+    if len(names) != count:
+        raise ParameterError(f"{len(names)} names for {count} prediction folders")
+    by_id = {img["id"]: img for img in folders.images}
+    unknown = [i for i in image_ids if i not in by_id]
+    if not image_ids or unknown:
+        raise ParameterError(f"image_ids must be ids of {folders.dirs[0]}'s images; unknown: "
+                             f"{unknown[:5]}" if unknown else "show_disagreement needs image ids")
+    fig, axes = plt.subplots(len(image_ids), count + 2, figsize=(3 * (count + 2),
+                                                                  3 * len(image_ids)),
+                             squeeze=False)
+    present = set()
+    for r, image_id in enumerate(image_ids):
+        labels = np.stack([_argmax_classes(_load_quantised(d, image_id, num_classes))
+                           for d in folders.dirs])
+        h, w = labels.shape[1:]
+        image = cv2.resize(read_image(data_root, by_id[image_id]), (w, h),
+                           interpolation=cv2.INTER_AREA)
+        panels = [image] + [overlay(image, lab, classes, alpha=0.6) for lab in labels]
+        present.update(np.unique(labels).tolist())
+        titles = ["image"] + names
+        for c, (panel, title) in enumerate(zip(panels, titles, strict=True)):
+            axes[r, c].imshow(panel)
+            axes[r, c].set_title(title if r == 0 else "")
+        shown = axes[r, -1].imshow(disagreement(labels), cmap="magma", vmin=0, vmax=1)
+        axes[r, -1].set_title("disagreement" if r == 0 else "")
+        axes[r, 0].set_ylabel(str(by_id[image_id].get("file_name", image_id)))
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(shown, ax=axes[:, -1].tolist(), fraction=0.05, label="share of models off the vote")
+    fig.legend(handles=legend_handles(classes, sorted(present)), loc="lower center",
+               ncol=min(6, len(present)), frameon=False)
+    return fig
+
+
+def write_ensemble_submission(test_dirs: Sequence[str | os.PathLike], out_csv: str | os.PathLike,
+                              method: str = "soft", weights: Sequence[float] | None = None
+                              ) -> Path:
+    """The ensemble's submission CSV from the models' test prediction folders.
+
+    method "soft" (and "greedy", whose weights are the selection counts) soft-votes the
+    stored probabilities; "hard" hard-votes each folder's submission.csv. With one model (or
+    one with all the weight) the result is that model's own prediction.
+    """
+    if method not in ENSEMBLE_METHODS:
+        raise ParameterError(f"method={method!r}; allowed: {', '.join(ENSEMBLE_METHODS)}")
+    folders = _read_folders(test_dirs, minimum=1)
+    check = _check_weights(weights, len(folders.dirs), "prediction folders")
+    used = [k for k in range(len(folders.dirs)) if check[k] > 0]
+    dirs, used_weights = [folders.dirs[k] for k in used], [float(check[k]) for k in used]
+    num_classes = len(folders.classes)
+    out_csv = Path(out_csv)
+    if method == "hard":
+        csvs = [d / "submission.csv" for d in dirs]
+        for path in csvs:
+            if not path.exists():
+                raise SegkitError(f"{path}: no submission CSV in the prediction folder (hard "
+                                  "votes need the test split's submission.csv)")
+        size = tuple(folders.size) if folders.size else SUBMISSION_SIZE
+        if len(csvs) > 1:
+            return hard_vote(csvs, out_csv, used_weights, num_classes, size)
+        with submission_writer(out_csv, num_classes, size) as writer:
+            for _, name, values in iter_submission(csvs[0], num_classes, size):
+                writer.write_row(name, np.asarray(values).reshape(size))
+        return out_csv
+    votes = iter_soft_vote(dirs, used_weights)
+    first = next(votes, None)
+    if first is None:
+        raise SegkitError(f"{folders.dirs[0]}: no images to vote on")
+    with submission_writer(out_csv, num_classes, first[2].shape) as writer:
+        for image, _, label_map in itertools.chain([first], votes):
+            writer.write_row(image["file_name"], label_map)
+    return out_csv

@@ -1,0 +1,356 @@
+"""Pseudo labels: confident test predictions become an extra training source.
+
+From the stored probabilities of one prediction folder (or the weighted mean of several: a soft
+vote), each test image gets a full-size label map: the argmax class where the top probability
+reaches `threshold`, the ignore index (255) elsewhere. The stored 256x256 probabilities are
+resized to the image's size first (bilinear when growing, see `segkit.predict.resize_probs`),
+then argmax and confidence are taken, so the label maps are as sharp as the probabilities allow.
+
+A pseudo-label folder (`outputs/pseudo/<name>/`) holds:
+    labels/<image_id>.png  uint8 class indices, 255 = not confident enough (ignored by the loss)
+    pseudo.json            COCO-style: the images, each with "seg_map": "labels/<id>.png", the
+                           categories, no annotations, and "segkit": {"image_root": ...}, the
+                           folder the file names are relative to (relative to this folder when
+                           possible), so `segkit.train.resolve_source` finds the images
+    report.csv             per class: predicted pixels, kept pixels, share kept, share of all
+    meta.json              the inputs, weights and threshold
+
+Example:
+    >>> result = pseudo_labels(["outputs/predictions/lite0_fold0/test"], "outputs/pseudo/t09",
+    ...                        threshold=0.9)                                  # doctest: +SKIP
+    >>> run(fold=0, extra_train_files=[result.coco_path])                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segkit.classes import IGNORE_INDEX, ClassTable
+from segkit.errors import ParameterError, SegkitError
+
+# Probabilities are stored in steps of 1/255 and resizing sums float32 weights: a pixel whose
+# top probability equals the threshold up to this rounding counts as reaching it.
+TOLERANCE = 1e-6
+
+
+@dataclass
+class PseudoResult:
+    """What `pseudo_labels` wrote: the folder, its COCO file, the per-class report, and each
+    image's share of kept (labelled) pixels."""
+
+    out_dir: Path
+    coco_path: Path
+    report: pd.DataFrame
+    kept_share: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def overall_kept(self) -> float:
+        """Share of all pixels that got a label (not 255)."""
+        return float(self.report["kept_pixels"].sum() / max(self.report["predicted_pixels"].sum(),
+                                                            1))
+
+
+def check_threshold(threshold) -> float:
+    """A confidence threshold in (0, 1], as float; anything else is a ParameterError."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
+        raise ParameterError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    value = float(threshold)
+    if not 0.0 < value <= 1.0:  # also rejects nan
+        raise ParameterError(f"threshold must lie in (0, 1] (e.g. 0.9), got {threshold!r}")
+    return value
+
+
+def label_from_probs(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """(C, H, W) probabilities -> uint8 (H, W): argmax (lowest class on ties) where the top
+    probability reaches `threshold`, IGNORE_INDEX elsewhere.
+
+    Example:
+        >>> p = np.array([[[0.95, 0.5]], [[0.05, 0.5]]], np.float32)
+        >>> label_from_probs(p, 0.9)
+        array([[  0, 255]], dtype=uint8)
+    """
+    threshold = check_threshold(threshold)
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[0] < 1:
+        raise ParameterError(f"probabilities must be (classes, H, W), got shape {probs.shape}")
+    if probs.shape[0] >= IGNORE_INDEX:
+        raise ParameterError(f"at most {IGNORE_INDEX - 1} classes fit a label map with the "
+                             f"ignore index {IGNORE_INDEX}, got {probs.shape[0]}")
+    label = probs.argmax(0).astype(np.uint8)
+    confidence = probs.max(0)
+    label[confidence < threshold - TOLERANCE] = IGNORE_INDEX
+    return label
+
+
+def _image_root_entry(image_root: Path, out_dir: Path) -> str:
+    """`image_root` relative to `out_dir` where a relative path exists, else absolute."""
+    absolute = image_root.resolve()
+    try:
+        return Path(os.path.relpath(absolute, out_dir.resolve())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path
+        return absolute.as_posix()
+
+
+def _source_coco(folders, test_json, data_root):
+    """The COCO file the predictions were made from, checked against the predictions, and the
+    folder its file names are relative to."""
+    from segkit.coco import load_coco
+
+    if test_json is None:
+        source = read_meta_source(folders.dirs[0])
+        if source is None:
+            raise ParameterError(f"{folders.dirs[0] / 'meta.json'} does not name the COCO file "
+                                 "it was predicted from: pass test_json")
+        test_json = source
+    coco = load_coco(test_json)
+    root = Path(data_root) if data_root else Path(test_json).parent
+    if not root.is_dir():
+        raise ParameterError(f"data_root {str(root)!r} is not a folder")
+    classes = ClassTable.for_coco(coco.categories)
+    if list(classes.names) != list(folders.classes):
+        raise SegkitError(f"{folders.dirs[0] / 'meta.json'}: predicted classes "
+                          f"{folders.classes} differ from {coco.path}'s {list(classes.names)}")
+    by_id = coco.image_by_id
+    for image in folders.images:
+        entry = by_id.get(image["id"])
+        if entry is None:
+            raise SegkitError(f"{folders.dirs[0] / 'meta.json'}: image id {image['id']} "
+                              f"({image.get('file_name')}) is not in {coco.path}")
+        for key in ("file_name", "width", "height"):
+            if key in image and image[key] != entry[key]:
+                raise SegkitError(f"{folders.dirs[0] / 'meta.json'}: image id {image['id']} has "
+                                  f"{key} {image[key]!r}, {coco.path} says {entry[key]!r}")
+    return coco, root
+
+
+def read_meta_source(pred_dir: str | os.PathLike) -> str | None:
+    """The COCO file a prediction folder was predicted from (its meta.json "source")."""
+    from segkit.predict import read_prediction_meta
+
+    return read_prediction_meta(pred_dir).get("source")
+
+
+def _mean_probs(dirs: list[Path], image_id, num_classes: int, weights: np.ndarray) -> np.ndarray:
+    from segkit.ensemble import _load_quantised
+
+    total = None
+    for d, w in zip(dirs, weights, strict=True):
+        if not w:
+            continue
+        q = _load_quantised(d, image_id, num_classes).astype(np.float32)
+        if total is None:
+            total = q * np.float32(w)
+        elif q.shape != total.shape:
+            raise SegkitError(f"{d}: probabilities of image id {image_id} are {q.shape}, but "
+                              f"{dirs[0]}'s are {total.shape}")
+        else:
+            total += q * np.float32(w)
+    return total / np.float32(weights.sum() * 255.0)
+
+
+def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
+                  out_dir: str | os.PathLike, threshold: float = 0.9,
+                  weights: Sequence[float] | None = None,
+                  test_json: str | os.PathLike | None = None,
+                  data_root: str | os.PathLike | None = None,
+                  progress: bool = False) -> PseudoResult:
+    """Write a pseudo-label folder (see the module docstring) from prediction folders.
+
+    pred_dirs: one prediction folder or several (their weighted mean is used; they must hold
+    the same images and classes). threshold: a pixel is labelled when its top probability is
+    >= threshold, in (0, 1]. test_json: the COCO file predicted (default: the one the first
+    folder's meta.json names); data_root: the folder its file names are relative to (default:
+    the COCO file's folder).
+
+    Everything is checked before anything is written; the folder is built beside `out_dir`
+    and moved into place at the end, so an error leaves `out_dir` as it was.
+    """
+    from tqdm.auto import tqdm
+
+    from segkit.coco import write_coco, write_png
+    from segkit.eda import write_table
+    from segkit.ensemble import _check_weights, _read_folders, _replace_folder
+    from segkit.paths import write_text_atomic
+    from segkit.predict import resize_probs
+
+    threshold = check_threshold(threshold)
+    dirs = [pred_dirs] if isinstance(pred_dirs, (str, os.PathLike)) else list(pred_dirs)
+    folders = _read_folders(dirs, minimum=1)
+    weight_array = _check_weights(weights, len(folders.dirs), "prediction folders")
+    coco, root = _source_coco(folders, test_json, data_root)
+    num_classes = len(folders.classes)
+    out_dir = Path(out_dir)
+    by_id = coco.image_by_id
+
+    predicted = np.zeros(num_classes, np.int64)
+    kept = np.zeros(num_classes, np.int64)
+    kept_share: dict[int, float] = {}
+    images = []
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for image in tqdm(folders.images, desc="pseudo labels", disable=not progress):
+            entry = by_id[image["id"]]
+            probs = _mean_probs(folders.dirs, image["id"], num_classes, weight_array)
+            full = resize_probs(probs, (entry["height"], entry["width"]))
+            label = label_from_probs(full, threshold)
+            argmax = full.argmax(0)
+            predicted += np.bincount(argmax.ravel(), minlength=num_classes)
+            kept += np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=num_classes)
+            kept_share[image["id"]] = float((label != IGNORE_INDEX).mean())
+            seg_map = f"labels/{image['id']}.png"
+            write_png(building / seg_map, label)
+            images.append({"id": entry["id"], "file_name": entry["file_name"],
+                           "width": entry["width"], "height": entry["height"],
+                           "seg_map": seg_map})
+        total = predicted.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            report = pd.DataFrame({
+                "predicted_pixels": predicted, "kept_pixels": kept,
+                "share_kept": np.where(predicted > 0, kept / np.maximum(predicted, 1), np.nan),
+                "share_of_all": kept / max(total, 1)}, index=pd.Index(folders.classes,
+                                                                       name="class"))
+        write_table(report, building / "report.csv")
+        write_text_atomic(building / "meta.json", json.dumps({
+            "inputs": [str(d) for d in folders.dirs], "weights": weight_array.tolist(),
+            "threshold": threshold, "ignore_index": IGNORE_INDEX, "source": str(coco.path),
+            "kept_share": float(kept.sum() / max(total, 1))}, indent=1))
+        data = {"info": {"description": f"segkit pseudo labels (threshold {threshold})"},
+                "images": images, "annotations": [], "categories": coco.categories,
+                "segkit": {"image_root": _image_root_entry(root, out_dir)}}
+        write_coco(data, building / "pseudo.json")
+        _replace_folder(building, out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return PseudoResult(out_dir, out_dir / "pseudo.json", report, kept_share)
+
+
+def show_examples(result: PseudoResult, classes: ClassTable | None = None,
+                  image_ids: Sequence[int] | None = None, count: int = 3):
+    """Image, pseudo labels over it (ignored pixels white) and the ignore mask, one row per
+    image: by default the images with the lowest, middle and highest share of kept pixels."""
+    from segkit.coco import load_coco, read_image, read_label
+    from segkit.train import resolve_source
+    from segkit.viz import legend_handles, overlay, show_grid
+
+    ann_file, root = resolve_source(result.coco_path)
+    coco = load_coco(ann_file)
+    classes = classes or ClassTable.for_coco(coco.categories)
+    if image_ids is None:
+        ranked = sorted(result.kept_share, key=lambda i: (result.kept_share[i], i))
+        if not ranked:
+            raise ParameterError(f"{result.coco_path}: no images to show")
+        picks = np.linspace(0, len(ranked) - 1, min(count, len(ranked))).round().astype(int)
+        image_ids = [ranked[k] for k in dict.fromkeys(picks.tolist())]
+    unknown = [i for i in image_ids if i not in coco.image_by_id]
+    if unknown:
+        raise ParameterError(f"image_ids {unknown[:5]} are not in {result.coco_path}")
+    rows, titles, present = [], [], set()
+    for image_id in image_ids:
+        info = coco.image_by_id[image_id]
+        image = read_image(root, info)
+        label = read_label(ann_file.parent / info["seg_map"])
+        shown = overlay(image, label, classes, alpha=0.6)
+        shown[label == IGNORE_INDEX] = 255
+        ignored = np.where(label == IGNORE_INDEX, 255, 0).astype(np.uint8)
+        rows.append([image, shown, np.dstack([ignored] * 3)])
+        share = float((label != IGNORE_INDEX).mean())
+        titles.append(f"{info['file_name']}\n{share:.0%} labelled")
+        present.update(np.unique(label).tolist())
+    fig = show_grid(rows, titles=["image", "pseudo labels (white: ignored)", "ignored pixels"],
+                    row_titles=titles)
+    fig.legend(handles=legend_handles(classes, sorted(present)), loc="lower center",
+               ncol=min(6, len(present)), frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.subplots_adjust(bottom=0.12 if len(rows) < 3 else 0.06)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Round 2
+# ---------------------------------------------------------------------------------------------
+
+def run_parameters(run_dir: str | os.PathLike) -> dict:
+    """The training parameters a run folder recorded (params.json)."""
+    path = Path(run_dir) / "params.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SegkitError(f"{run_dir}: not a run folder (no params.json)") from None
+    except ValueError as exc:
+        raise SegkitError(f"{path}: not valid JSON ({exc})") from None
+
+
+# Parameters of round 1 that round 2 never inherits: where it writes, how it starts, resuming.
+_NOT_INHERITED = ("work_dir", "run_name", "resume", "load_from", "launcher", "extra_train_files")
+
+
+def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.PathLike],
+                      run_name: str, load_from: str | os.PathLike | None = None,
+                      notebook: str = "04_train", **overrides) -> dict:
+    """Parameters for 04_train that repeat round 1's training (same data, folds, model and
+    settings, from its params.json) with the pseudo-label files as extra train sources.
+
+    Only parameters the notebook declares are passed; `overrides` (iters, ...) win, and an
+    override the notebook does not declare is a ParameterError.
+    """
+    import inspect
+
+    import papermill
+
+    from segkit.pipeline import notebook_path
+    from segkit.train import build_config
+
+    declared = papermill.inspect_notebook(str(notebook_path(notebook)))
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise ParameterError(f"{notebook} has no parameters {unknown}; it has: "
+                             f"{', '.join(declared)}")
+    # what round 1 did not set explicitly was segkit.train's default, not the notebook's
+    defaults = {name: p.default for name, p in
+                inspect.signature(build_config).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    recorded = {**defaults, **run_parameters(run_dir)}
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in recorded.items()
+              if k in declared and k not in _NOT_INHERITED}
+    params.update(overrides)
+    params["extra_train_files"] = [str(p) for p in pseudo_files]
+    params["run_name"] = run_name
+    params["load_from"] = str(load_from) if load_from else ""
+    return params
+
+
+def round_comparison(run_dirs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """Per-class validation IoU of each run's best checkpoint side by side (from its logs),
+    mIoU last, and the change from the first run to each other one.
+
+    Example:
+        >>> round_comparison({"round 1": "outputs/runs/a", "round 2": "outputs/runs/a_pseudo"})
+        ...                                                                    # doctest: +SKIP
+    """
+    from segkit.train import summarize
+
+    if not run_dirs:
+        raise ParameterError("round_comparison needs at least one run folder")
+    columns = {}
+    for name, run_dir in run_dirs.items():
+        result = summarize(run_dir)
+        if not np.isfinite(result.best_miou):
+            raise SegkitError(f"{run_dir}: no validation results in the run's logs")
+        series = result.per_class_iou.astype(float)
+        series.loc["mIoU"] = result.best_miou
+        columns[name] = series
+    table = pd.DataFrame(columns)
+    names = list(columns)
+    for name in names[1:]:
+        table[f"{name} - {names[0]}"] = table[name] - table[names[0]]
+    return table
