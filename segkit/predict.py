@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from segkit.errors import SegkitError
 from segkit.paths import atomic_path, write_text_atomic
@@ -315,3 +317,70 @@ def predict_dataset(model, coco, data_root, out_dir, *, split: str = "test",
                           slide=list(slide) if slide else None, reduction=reduction,
                           source=str(coco.path))
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    """Validation results of a prediction folder against its COCO file."""
+
+    confusion: np.ndarray
+    miou: float
+    per_class: pd.DataFrame  # IoU, accuracy (recall) and truth pixels per class
+    per_image: pd.DataFrame  # image_id, file_name, mIoU; lowest first: label-noise candidates
+
+
+def run_data(run_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """(data root, validation COCO file) a run was trained with, from its params.json."""
+    from segkit.sample import resolve_data_root
+    from segkit.train import fold_files
+
+    path = Path(run_dir) / "params.json"
+    try:
+        params = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SegkitError(f"{run_dir}: not a run folder (no params.json)") from None
+    root = resolve_data_root(params.get("data_root", ""))
+    if params.get("val_file"):
+        return root, Path(params["val_file"])
+    return root, fold_files(int(params.get("fold", 0)), params.get("splits_dir"))[1]
+
+
+def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
+    """Score a prediction folder of `coco`'s images: at full size when the folder holds
+    full-size label maps (labels/), else at the stored probabilities' size against the truth
+    shrunk by nearest neighbour."""
+    import cv2
+
+    from segkit.classes import ClassTable
+    from segkit.coco import cached_label_maps, read_label
+    from segkit.metrics import ConfusionMatrix, miou, per_class_accuracy, per_class_iou
+
+    pred_dir = Path(pred_dir)
+    meta = read_prediction_meta(pred_dir)
+    classes = classes or ClassTable.for_coco(coco.categories)
+    if list(meta["classes"]) != list(classes.names):
+        raise SegkitError(f"{pred_dir}: predicted classes {meta['classes']} differ from "
+                          f"{coco.path}'s {list(classes.names)}")
+    truth_paths = cached_label_maps(coco, classes)
+    total = ConfusionMatrix(classes.num_classes)
+    rows = []
+    for img in coco.images:
+        truth = read_label(truth_paths[img["id"]])
+        full = pred_dir / "labels" / f"{img['id']}.png"
+        if full.exists():
+            pred = read_label(full)
+        else:
+            pred = load_probs(pred_dir, img["id"]).argmax(0).astype(np.uint8)
+            truth = cv2.resize(truth, pred.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        cm = total.update(pred, truth)
+        rows.append((img["id"], img["file_name"], miou(cm)))
+    cm = total.matrix
+    per_class = pd.DataFrame({"IoU": per_class_iou(cm), "accuracy": per_class_accuracy(cm),
+                              "truth_pixels": cm.sum(1)}, index=list(classes.names))
+    per_image = pd.DataFrame(rows, columns=["image_id", "file_name", "mIoU"]).sort_values(
+        ["mIoU", "image_id"]).reset_index(drop=True)
+    return Evaluation(cm, miou(cm), per_class, per_image)

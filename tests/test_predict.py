@@ -1,0 +1,119 @@
+"""Inference from a real (tiny) training run: TTA, sliding windows, folders, evaluation."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from segkit.classes import TRASH
+from segkit.coco import load_coco, read_image, write_coco
+from segkit.errors import SegkitError
+from segkit.predict import (check_model_classes, dequantize_probs, evaluate, load_model,
+                            predict_dataset, predict_probs, quantize_probs, read_prediction_meta,
+                            reduce_label, run_data)
+from segkit.submission import read_submission, validate_submission
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return load_model(trained_run.work_dir, "best")
+
+
+def test_checkpoint_predicts_what_validation_measured(trained_run, model, sample_root, tmp_path):
+    root, val_file = run_data(trained_run.work_dir)
+    assert root == sample_root and val_file == sample_root / "val.json"
+    coco = load_coco(val_file)
+    out = predict_dataset(model, coco, root, tmp_path / "val", split="val",
+                          save_full_labels=True, progress=False)
+    result = evaluate(out, coco)
+    # same checkpoint, same images at the same size: the logged best mIoU comes back
+    assert result.miou == pytest.approx(trained_run.best_miou, abs=1e-3)
+    assert list(result.per_class.index) == list(TRASH.names)
+    assert result.per_image["mIoU"].is_monotonic_increasing
+    assert len(result.per_image) == len(coco.images)
+
+
+def test_flip_tta_averages_flipped_passes(model, sample_root):
+    coco = load_coco(sample_root / "val.json")
+    image = read_image(sample_root, coco.images[0])
+    plain = predict_probs(model, [image], out_size=None)
+    flipped = predict_probs(model, [image[:, ::-1].copy()], out_size=None)[..., ::-1]
+    tta = predict_probs(model, [image], out_size=None, flips=("h",))
+    assert np.allclose(tta, (plain + flipped) / 2, atol=1e-5)
+    assert np.allclose(tta.sum(1), 1, atol=1e-4)
+
+
+def test_scales_slide_and_out_size(model, sample_root):
+    coco = load_coco(sample_root / "val.json")
+    image = read_image(sample_root, coco.images[0])
+    probs = predict_probs(model, [image], out_size=(48, 48), scales=(0.75, 1.0),
+                          flips=("h", "v"), slide=(64, 32))
+    assert probs.shape == (1, 11, 48, 48)
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    big = predict_probs(model, [image], out_size=(256, 256))
+    assert big.shape == (1, 11, 256, 256)
+
+
+def test_test_split_writes_a_valid_submission(model, sample_root, tmp_path):
+    coco = load_coco(sample_root / "test.json")
+    out = predict_dataset(model, coco, sample_root, tmp_path / "test", split="test",
+                          flips=("h",), progress=False)
+    assert validate_submission(out / "submission.csv", sample_root / "test.json") == []
+    names, labels = read_submission(out / "submission.csv")
+    assert names == [img["file_name"] for img in coco.images]
+    meta = read_prediction_meta(out)
+    assert meta["split"] == "test" and meta["flips"] == ["h"] and len(meta["images"]) == 6
+    stored = np.load(out / "probs" / f"{coco.images[0]['id']}.npy")
+    assert stored.dtype == np.uint8 and stored.shape == (11, 256, 256)
+    assert (stored.argmax(0).ravel() == labels[0]).mean() > 0.99
+
+
+def test_reductions():
+    label = np.array([[0, 0, 3, 1], [0, 2, 0, 0]], np.uint8)
+    assert reduce_label(label, (1, 2), "max2x2").tolist() == [[2, 3]]
+    assert reduce_label(np.kron(label, np.ones((2, 2), np.uint8)), (2, 4)).tolist() == \
+        label.tolist()
+    with pytest.raises(SegkitError, match="allowed: probs, nearest, max2x2"):
+        reduce_label(label, (1, 2), "mode")
+
+
+def test_nearest_reduction_of_full_size_labels(model, sample_root, tmp_path):
+    coco = load_coco(sample_root / "test.json")
+    out = predict_dataset(model, coco, sample_root, tmp_path / "n", split="test",
+                          reduction="nearest", out_size=(48, 48), progress=False)
+    _, labels = read_submission(out / "submission.csv", size=(48, 48))
+    assert labels.shape == (6, 48 * 48)
+
+
+def test_quantisation_roundtrip():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(11), size=(4, 4)).transpose(2, 0, 1)
+    assert np.abs(dequantize_probs(quantize_probs(p)) - p).max() <= 0.5 / 255 + 1e-7
+
+
+def test_bad_inputs(trained_run, model, sample_root, tmp_path):
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    shutil.copy(trained_run.work_dir / "config.py", empty / "config.py")
+    with pytest.raises(SegkitError, match="empty_run: no checkpoint"):
+        load_model(empty)
+    with pytest.raises(SegkitError, match="predicts 11 classes but the data has 3"):
+        check_model_classes(model, ["Background", "a", "b"])
+    coco = load_coco(sample_root / "test.json")
+    data = coco.to_dict()
+    data["images"][2] = {**data["images"][2], "file_name": "batch_03/nope.jpg"}
+    broken = load_coco(write_coco(data, tmp_path / "test.json"))
+    with pytest.raises(SegkitError, match="nope.jpg: image file missing"):
+        predict_dataset(model, broken, sample_root, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "meta.json").exists()
+    assert not list((tmp_path / "out").rglob("*.npy"))
+    with pytest.raises(SegkitError, match="not a run folder"):
+        run_data(tmp_path)
+
+
+def test_meta_lists_images_in_order(model, sample_root, tmp_path):
+    coco = load_coco(sample_root / "val.json")
+    out = predict_dataset(model, coco, sample_root, tmp_path / "v", split="val", progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert [i["id"] for i in meta["images"]] == [i["id"] for i in coco.images]
