@@ -180,12 +180,54 @@ class SoftmaxFocalLoss(nn.Module):
         return self._loss_name
 
 
+class MaskedDiceLoss(nn.Module):
+    """mmseg's DiceLoss (same formula and options) over labelled pixels only.
+
+    mmseg's DiceLoss reads `ignore_index` as a class channel to drop, not as pixels to skip:
+    pixels labelled 255 get an all-zero target while their predictions still enter the sums
+    (and get gradients), which would train pseudo labels' unsure pixels towards "no class".
+    Here prediction and target are both zeroed on ignored pixels before the dice sums.
+    """
+
+    def __init__(self, use_sigmoid: bool = True, activate: bool = True, reduction: str = "mean",
+                 naive_dice: bool = False, loss_weight: float = 1.0, ignore_index: int = 255,
+                 eps: float = 1e-3, loss_name: str = "loss_dice"):
+        super().__init__()
+        self.use_sigmoid = use_sigmoid
+        self.activate = activate
+        self.reduction = reduction
+        self.naive_dice = naive_dice
+        self.loss_weight = loss_weight
+        self.ignore_index = ignore_index
+        self.eps = eps
+        self._loss_name = loss_name
+
+    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
+                ignore_index=None, **kwargs):
+        from mmseg.models.losses.dice_loss import dice_loss
+
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        valid = (target != ignore).unsqueeze(1)
+        safe = torch.where(valid.squeeze(1), target, torch.zeros_like(target)).long()
+        one_hot = nn.functional.one_hot(safe, pred.shape[1]).permute(0, 3, 1, 2) * valid
+        if self.activate:
+            pred = pred.sigmoid() if self.use_sigmoid else pred.softmax(dim=1)
+        pred = pred * valid
+        return self.loss_weight * dice_loss(
+            pred, one_hot, weight, eps=self.eps, reduction=reduction_override or self.reduction,
+            naive_dice=self.naive_dice, avg_factor=avg_factor, ignore_index=None)
+
+    @property
+    def loss_name(self):
+        return self._loss_name
+
+
 def register_modules() -> None:
     """Register segkit's backbone and loss with mmseg's MODELS registry (idempotent)."""
     compat.apply()
     from mmseg.registry import MODELS
 
-    for module in (EfficientNetLite0, SoftmaxFocalLoss):
+    for module in (EfficientNetLite0, SoftmaxFocalLoss, MaskedDiceLoss):
         if module.__name__ not in MODELS.module_dict:
             MODELS.register_module(module=module)
 

@@ -240,7 +240,8 @@ def _loss_config(loss: str, class_weights, num_classes: int) -> list[dict] | dic
     # ignored pixels, so it is only set without them.
     ce = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0,
               class_weight=weights, avg_non_ignore=weights is None, loss_name="loss_ce")
-    dice = dict(type="DiceLoss", loss_weight=1.0, ignore_index=IGNORE_INDEX,
+    # segkit's MaskedDiceLoss: mmseg's DiceLoss does not skip ignored pixels (see models.py)
+    dice = dict(type="MaskedDiceLoss", loss_weight=1.0, ignore_index=IGNORE_INDEX,
                 loss_name="loss_dice")
     focal = dict(type="SoftmaxFocalLoss", gamma=2.0, class_weight=weights, loss_weight=1.0,
                  loss_name="loss_focal")

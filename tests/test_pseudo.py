@@ -327,3 +327,17 @@ def test_round_comparison(trained_run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SegkitError, match="no validation results"):
         round_comparison({"x": tmp_path / "empty"})
+
+
+def test_masked_dice_equals_mmseg_dice_without_ignored_pixels():
+    from mmseg.models.losses import DiceLoss
+
+    from segkit.models import MaskedDiceLoss
+
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, C, 8, 8, generator=gen)
+    label = torch.randint(0, C, (2, 8, 8), generator=gen)
+    for options in ({}, {"use_sigmoid": False}, {"naive_dice": True}):
+        ours = MaskedDiceLoss(**options)(logits, label)
+        theirs = DiceLoss(**options)(logits, label)
+        assert torch.allclose(ours, theirs, atol=1e-6), options
