@@ -729,12 +729,11 @@ def write_ensemble_submission(test_dirs: Sequence[str | os.PathLike], out_csv: s
                               ) -> Path:
     """The ensemble's submission CSV from the models' test prediction folders.
 
-    method "soft" (and "greedy", whose weights are the selection counts) soft-votes the
+    method "soft" (and "greedy": pass the selection's weights) soft-votes the
     stored probabilities; "hard" hard-votes each folder's submission.csv. With one model (or
     one with all the weight) the result is that model's own prediction.
     """
-    if method not in ENSEMBLE_METHODS:
-        raise ParameterError(f"method={method!r}; allowed: {', '.join(ENSEMBLE_METHODS)}")
+    check_method(method)
     folders = _read_folders(test_dirs, minimum=1)
     check = _check_weights(weights, len(folders.dirs), "prediction folders")
     used = [k for k in range(len(folders.dirs)) if check[k] > 0]
@@ -762,3 +761,50 @@ def write_ensemble_submission(test_dirs: Sequence[str | os.PathLike], out_csv: s
         for image, _, label_map in itertools.chain([first], votes):
             writer.write_row(image["file_name"], label_map)
     return out_csv
+
+
+def check_method(method: str) -> str:
+    """An ensemble method name of ENSEMBLE_METHODS, else a ParameterError listing them."""
+    if method not in ENSEMBLE_METHODS:
+        raise ParameterError(f"method={method!r}; allowed: {', '.join(ENSEMBLE_METHODS)}")
+    return method
+
+
+def common_validation(run_dirs: Sequence[str | os.PathLike]) -> tuple[Path, Path]:
+    """(data root, validation COCO file) shared by all the runs (from their params.json);
+    runs validated on different files cannot be compared: a SegkitError names the run."""
+    from segkit.predict import run_data
+
+    if not run_dirs:
+        raise ParameterError("no run folders given")
+    first = run_data(run_dirs[0])
+    for run_dir in run_dirs[1:]:
+        root, val = run_data(run_dir)
+        if Path(val).resolve() != Path(first[1]).resolve():
+            raise SegkitError(f"{run_dir}: validated on {val}, but {run_dirs[0]} on "
+                              f"{first[1]}; ensembles compare runs of the same fold")
+    return Path(first[0]), Path(first[1])
+
+
+def find_runs(fold: int = 0, runs_dir: str | os.PathLike | None = None,
+              checkpoint: str = "best") -> list[Path]:
+    """Run folders under `runs_dir` (default outputs/runs) that hold a checkpoint and were
+    validated on fold `fold`'s validation file, sorted by name."""
+    from segkit.paths import outputs_dir
+    from segkit.predict import resolve_checkpoint, run_data
+    from segkit.train import fold_files
+
+    runs_dir = Path(runs_dir) if runs_dir else outputs_dir() / "runs"
+    try:
+        val = fold_files(int(fold))[1].resolve()
+    except ParameterError:
+        return []
+    found = []
+    for run_dir in sorted(p for p in runs_dir.glob("*") if (p / "params.json").exists()):
+        try:
+            resolve_checkpoint(run_dir, checkpoint)
+            if Path(run_data(run_dir)[1]).resolve() == val:
+                found.append(run_dir)
+        except SegkitError:
+            continue
+    return found

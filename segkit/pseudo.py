@@ -294,22 +294,36 @@ def run_parameters(run_dir: str | os.PathLike) -> dict:
 _NOT_INHERITED = ("work_dir", "run_name", "resume", "load_from", "launcher", "extra_train_files")
 
 
+ROUND2_STARTS = ("round1", "scratch")
+
+
+def check_round2_start(start: str) -> str:
+    """"round1" (start from round 1's checkpoint) or "scratch", else a ParameterError."""
+    if start not in ROUND2_STARTS:
+        raise ParameterError(f"round 2 start={start!r}; allowed: {', '.join(ROUND2_STARTS)}")
+    return start
+
+
 def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.PathLike],
-                      run_name: str, load_from: str | os.PathLike | None = None,
+                      run_name: str, start: str = "round1", checkpoint: str = "best",
                       notebook: str = "04_train", **overrides) -> dict:
     """Parameters for 04_train that repeat round 1's training (same data, folds, model and
     settings, from its params.json) with the pseudo-label files as extra train sources.
 
-    Only parameters the notebook declares are passed; `overrides` (iters, ...) win, and an
-    override the notebook does not declare is a ParameterError.
+    start: "round1" loads round 1's `checkpoint` ("best" / "last" / a file) as the starting
+    weights; "scratch" starts as round 1 did. Only parameters the notebook declares are
+    passed; `overrides` (iters, ...) win, and one the notebook does not declare is a
+    ParameterError.
     """
     import inspect
 
     import papermill
 
     from segkit.pipeline import notebook_path
+    from segkit.predict import resolve_checkpoint
     from segkit.train import build_config
 
+    check_round2_start(start)
     declared = papermill.inspect_notebook(str(notebook_path(notebook)))
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
@@ -325,8 +339,37 @@ def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | o
     params.update(overrides)
     params["extra_train_files"] = [str(p) for p in pseudo_files]
     params["run_name"] = run_name
-    params["load_from"] = str(load_from) if load_from else ""
+    params["load_from"] = str(resolve_checkpoint(run_dir, checkpoint)) if start == "round1" \
+        else ""
     return params
+
+
+def train_round2(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.PathLike],
+                 run_name: str, start: str = "round1", checkpoint: str = "best",
+                 **overrides) -> Path:
+    """Train round 2 by running 04_train with `round2_parameters`; returns its run folder
+    (outputs/runs/<run_name>, the executed notebook inside).
+
+    A finished run of that name trained with the same parameters is reused; one trained with
+    others is a ParameterError (choose another run name), never overwritten.
+    """
+    from segkit.paths import outputs_dir
+    from segkit.pipeline import run_notebook
+    from segkit.train import last_checkpoint
+
+    params = round2_parameters(run_dir, pseudo_files, run_name, start, checkpoint, **overrides)
+    work_dir = outputs_dir() / "runs" / run_name
+    if last_checkpoint(work_dir) is not None:
+        recorded = run_parameters(work_dir)
+        differ = sorted(k for k in params if k != "run_name" and k in recorded
+                        and recorded[k] != params[k] and not (recorded[k] is None and
+                                                              params[k] == ""))
+        if differ:
+            raise ParameterError(f"{work_dir} already holds a round-2 run trained with other "
+                                 f"{', '.join(differ)}: choose another round-2 run name")
+        return work_dir
+    run_notebook("04_train", work_dir / "04_train.ipynb", params)
+    return work_dir
 
 
 def round_comparison(run_dirs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:

@@ -305,8 +305,7 @@ def test_training_with_a_pseudo_source_runs(trained_run, sample_root, tmp_path):
 
 
 def test_round2_parameters_repeat_round1(trained_run, tmp_path):
-    params = round2_parameters(trained_run.work_dir, [tmp_path / "p.json"], "r2",
-                               load_from=trained_run.best_checkpoint, iters=8)
+    params = round2_parameters(trained_run.work_dir, [tmp_path / "p.json"], "r2", iters=8)
     recorded = json.loads((trained_run.work_dir / "params.json").read_text())
     assert params["iters"] == 8 and params["run_name"] == "r2"
     assert params["extra_train_files"] == [str(tmp_path / "p.json")]
@@ -315,8 +314,13 @@ def test_round2_parameters_repeat_round1(trained_run, tmp_path):
         assert params[key] == recorded[key]
     assert params["model"] == "efficientnet_lite0" and params["loss"] == "ce"  # run()'s defaults
     assert "work_dir" not in params and "resume" not in params
+    assert round2_parameters(trained_run.work_dir, [], "r2", start="scratch")["load_from"] == ""
+    assert round2_parameters(trained_run.work_dir, [], "r2", checkpoint="last")["load_from"] == \
+        str(trained_run.last_checkpoint)
     with pytest.raises(ParameterError, match=r"no parameters \['itters'\]"):
         round2_parameters(trained_run.work_dir, [], "r2", itters=8)
+    with pytest.raises(ParameterError, match="start='best'; allowed: round1, scratch"):
+        round2_parameters(trained_run.work_dir, [], "r2", start="best")
 
 
 def test_round_comparison(trained_run, tmp_path):
