@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from segkit.errors import SegkitError
-from segkit.paths import PROJECT_ROOT
+from segkit.paths import PROJECT_ROOT, outputs_dir
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
@@ -57,3 +57,20 @@ def run_notebook(name: str | os.PathLike, output: str | os.PathLike,
             f"{source.name} failed in cell {exc.cell_index} ({first_line!r}): "
             f"{exc.ename}: {exc.evalue}; executed notebook: {output}") from None
     return output
+
+
+DEFAULT_RUN = "efficientnet_lite0_fold0"  # what 04_train's defaults train
+
+
+def default_run(run_dir: str | os.PathLike = "") -> Path:
+    """A notebook's `run_dir` parameter: empty means 04_train's default run, which is trained
+    (by executing 04_train with its defaults) if it is not there yet, so every notebook runs
+    top to bottom on its own."""
+    from segkit.train import last_checkpoint
+
+    if run_dir:
+        return Path(run_dir)
+    path = outputs_dir() / "runs" / DEFAULT_RUN
+    if last_checkpoint(path) is None:
+        run_notebook("04_train", path / "04_train.ipynb", {})
+    return path

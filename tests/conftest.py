@@ -46,14 +46,14 @@ def tiny_coco():
     }
 
 
-def run_notebook(name: str, tmp_path: Path, **parameters):
+def run_notebook(notebook: str, tmp_path: Path, **parameters):
     """Execute notebooks/<name>.ipynb with papermill on tiny parameters; returns the executed
     notebook as a dict (cells with outputs) for assertions."""
     import nbformat
 
     from segkit.pipeline import run_notebook as _run
 
-    out = _run(name, tmp_path / f"{name}.executed.ipynb", parameters)
+    out = _run(notebook, tmp_path / f"{notebook}.executed.ipynb", parameters)
     return nbformat.read(str(out), as_version=4)
 
 

@@ -37,3 +37,17 @@ def test_train_cli(sample_root, tmp_path, capsys):
 def test_train_cli_rejects_unknown_parameter(capsys):
     assert main(["train", "itters=4"]) == 2
     assert "unknown training parameters ['itters']" in capsys.readouterr().err
+
+
+def test_05_predict_notebook(trained_run, sample_root, tmp_path):
+    from segkit.submission import validate_submission
+
+    nb = run_notebook("05_predict", tmp_path, run_dir=str(trained_run.work_dir), name="nb05",
+                      flips=["h"], n_worst=2)
+    text = notebook_text(nb)
+    assert "validation mIoU:" in text and "valid)" in text
+    out = outputs_dir() / "predictions" / "nb05"
+    assert validate_submission(out / "test" / "submission.csv", sample_root / "test.json") == []
+    assert (out / "val" / "meta.json").exists() and list((out / "val" / "labels").glob("*.png"))
+    reported = float(text.split("validation mIoU: ")[1].split()[0])
+    assert reported > 0.3  # the tiny run learns well beyond all-background (~0.08)
