@@ -118,8 +118,17 @@ def _patch_mask2former_slide():
     head.predict = predict
 
 
-# 4. SyncBN on one device --------------------------------------------------------------------
-# Model-zoo configs use SyncBN, which needs a process group: on one GPU or the CPU it must be BN.
+# 4. SyncBN without GPUs -----------------------------------------------------------------------
+# Model-zoo configs use SyncBN. On one process it is harmless (torch falls back to plain batch
+# norm when no process group is initialised, and mmengine's Runner reverts it), but a
+# multi-process run on CPUs (torchrun with gloo) fails in the first forward: SyncBatchNorm
+# only synchronises GPU tensors. segkit writes BN into the config unless the run is
+# distributed on GPUs; on one device BN also keeps built models plain for inference code.
+
+def keep_sync_bn(distributed: bool) -> bool:
+    """Whether a run may keep SyncBN: only when distributed over CUDA devices."""
+    return distributed and torch.cuda.is_available()
+
 
 def sync_bn_to_bn(cfg):
     """A copy of a config (dict / list / mmengine ConfigDict) with SyncBN replaced by BN."""

