@@ -134,6 +134,22 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_pipeline(args) -> int:
+    from segkit.pipeline import run_pipeline
+
+    executed = run_pipeline(args.spec, parse_assignments(args.params))
+    for path in executed:
+        print(f"executed: {path}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from segkit.pipeline import run_demo
+
+    run_demo()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m segkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="e.g. fold=3 model=upernet_swin_l iters=80000 data_root=/data/trash")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("pipeline", help="run notebooks in sequence from a YAML spec (papermill)")
+    p.add_argument("spec", help="e.g. notebooks/demo.yaml")
+    p.add_argument("params", nargs="*", metavar="KEY=VALUE",
+                   help="shared parameters overriding the spec's, e.g. data_root=/data/trash")
+    p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("demo", help="the whole flow on the embedded synthetic sample")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("check-coco", help="validate a COCO file (and its images) and list problems")
     p.add_argument("file")

@@ -74,3 +74,109 @@ def default_run(run_dir: str | os.PathLike = "") -> Path:
     if last_checkpoint(path) is None:
         run_notebook("04_train", path / "04_train.ipynb", {})
     return path
+
+
+DEMO_SPEC = NOTEBOOKS_DIR / "demo.yaml"
+
+
+def load_spec(path: str | os.PathLike) -> dict:
+    """A pipeline spec: `name`, shared `parameters`, and `steps` (notebook, output, parameters).
+
+    Example spec:
+        name: demo
+        parameters: {data_root: ""}          # given to every step whose notebook declares it
+        steps:
+          - notebook: 02_split
+          - notebook: 04_train
+            parameters: {fold: 0, iters: 400}
+            output: runs/efficientnet_lite0_fold0/04_train.ipynb   # under outputs/
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SegkitError(f"{path}: pipeline spec not found") from None
+    except yaml.YAMLError as exc:
+        raise SegkitError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list) or not spec["steps"]:
+        raise SegkitError(f"{path}: a spec needs a non-empty 'steps' list")
+    for i, step in enumerate(spec["steps"]):
+        if not isinstance(step, dict) or "notebook" not in step:
+            raise SegkitError(f"{path}: step {i + 1} needs a 'notebook'")
+        notebook_path(step["notebook"])  # fails early on a misspelt notebook
+        unknown = set(step) - {"notebook", "output", "parameters"}
+        if unknown:
+            raise SegkitError(f"{path}: step {i + 1} has unknown keys {sorted(unknown)}")
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def declared_parameters(name: str | os.PathLike) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook_path(name))))
+
+
+def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
+                 progress: bool = True) -> list[Path]:
+    """Run a spec's notebooks in order; stops at the first failure (NotebookError naming the
+    step, the notebook, its failing cell and the executed copy). Returns the executed copies.
+
+    `overrides` replace shared parameters (e.g. data_root) for every step that declares them.
+    """
+    from tqdm.auto import tqdm
+
+    spec = load_spec(spec_path)
+    shared = {**(spec.get("parameters") or {}), **(overrides or {})}
+    out_root = outputs_dir()
+    executed = []
+    steps = spec["steps"]
+    bar = tqdm(steps, desc=spec["name"], disable=not progress)
+    for i, step in enumerate(bar, 1):
+        name = Path(step["notebook"]).stem
+        bar.set_postfix_str(name)
+        declared = declared_parameters(name)
+        params = {k: v for k, v in shared.items() if k in declared}
+        params.update(step.get("parameters") or {})
+        unknown = set(params) - declared
+        if unknown:
+            raise SegkitError(f"{spec_path}: step {i} ({name}) sets {sorted(unknown)}, which "
+                              f"the notebook does not declare ({', '.join(sorted(declared))})")
+        output = out_root / step["output"] if step.get("output") else \
+            out_root / "pipelines" / spec["name"] / f"{name}.ipynb"
+        try:
+            executed.append(run_notebook(name, output, params))
+        except NotebookError as exc:
+            raise NotebookError(f"step {i} of {spec_path}: {exc}") from None
+    return executed
+
+
+def run_demo(spec_path: str | os.PathLike = DEMO_SPEC) -> dict:
+    """The demo: every numbered notebook on the embedded sample; prints where things are."""
+    import time
+
+    from segkit.report import runs_table
+
+    start = time.time()
+    executed = run_pipeline(spec_path)
+    table = runs_table()
+    out = outputs_dir()
+    summary = {
+        "executed notebooks": [str(p) for p in executed],
+        "submission": sorted(str(p) for p in (out / "predictions").glob("*/test/submission.csv")),
+        "ensembles": sorted(str(p) for p in (out / "ensembles").glob("*.csv")),
+        "report": str(executed[-1]),
+        "validation mIoU": {r["run"]: round(float(r["best_mIoU"]), 4)
+                            for _, r in table.iterrows()},
+        "minutes": round((time.time() - start) / 60, 1),
+    }
+    print("\n".join(["", "segkit demo finished in {} min".format(summary["minutes"]),
+                     "executed notebooks:", *[f"  {p}" for p in summary["executed notebooks"]],
+                     "submissions:", *[f"  {p}" for p in summary["submission"]],
+                     "ensembles:", *[f"  {p}" for p in summary["ensembles"]],
+                     f"report: {summary['report']}",
+                     "validation mIoU (best checkpoint of each run):",
+                     *[f"  {k}: {v}" for k, v in summary["validation mIoU"].items()]]))
+    return summary

@@ -30,7 +30,7 @@ import pandas as pd
 from segkit import compat
 from segkit.classes import IGNORE_INDEX, ClassTable
 from segkit.coco import cached_label_maps, load_coco
-from segkit.errors import ParameterError, SegkitError
+from segkit.errors import ParameterError
 from segkit.models import model_config, register_modules
 from segkit.paths import PROJECT_ROOT, outputs_dir, write_text_atomic
 from segkit.sample import resolve_data_root
@@ -49,7 +49,8 @@ AVERAGING = (None, "ema", "swa")
 def resolve_source(source, data_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(COCO file, folder its file_name entries are relative to) of one training source.
 
-    A source is a path or a dict(ann_file=..., data_root=...). Without an explicit data root,
+    A source is a path (a relative one may be relative to outputs/) or a
+    dict(ann_file=..., data_root=...). Without an explicit data root,
     images resolve against the file's `"segkit": {"image_root": ...}` entry (relative to the
     file's folder, as pseudo-label files write it), else against the file's own folder (as
     copy-paste output writes it).
@@ -59,6 +60,9 @@ def resolve_source(source, data_root: str | os.PathLike | None = None) -> tuple[
         data_root = source.get("data_root", data_root)
     else:
         ann_file = Path(source)
+    if not ann_file.is_absolute() and not ann_file.exists() and \
+            (outputs_dir() / ann_file).exists():
+        ann_file = outputs_dir() / ann_file  # pipeline specs name outputs relative to outputs/
     if data_root:
         return ann_file, Path(data_root)
     try:
@@ -492,8 +496,11 @@ def last_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def summarize(work_dir: str | os.PathLike, seconds: float = 0.0) -> RunResult:
-    """Best validation mIoU and per-class IoU (of the best checkpoint's validation) of a run."""
+def summarize(work_dir: str | os.PathLike, seconds: float | None = None) -> RunResult:
+    """Best validation mIoU and per-class IoU (of the best checkpoint's validation) of a run;
+    the training time comes from the run's summary.json unless given."""
+    if seconds is None:
+        seconds = float(_read_summary(work_dir).get("seconds", float("nan")))
     scalars = read_scalars(work_dir)
     val = scalars[scalars["kind"] == "val"] if "kind" in scalars else scalars.iloc[0:0]
     if len(val):
@@ -556,11 +563,23 @@ def run(resume: bool = False, **params) -> RunResult:
     runner = Runner.from_cfg(cfg)
     try:
         runner.train()
-    except SegkitError:
-        raise
     finally:
         _close_visualizer(runner)
-    return summarize(work_dir, time.time() - start)
+    previous = _read_summary(work_dir).get("seconds", 0.0) if resume else 0.0
+    result = summarize(work_dir, previous + time.time() - start)
+    write_text_atomic(work_dir / "summary.json", json.dumps(dict(
+        best_miou=result.best_miou, seconds=result.seconds,
+        best_checkpoint=str(result.best_checkpoint), last_checkpoint=str(result.last_checkpoint),
+        per_class_iou={k: (None if np.isnan(v) else v) for k, v in result.per_class_iou.items()},
+    ), indent=1))
+    return result
+
+
+def _read_summary(work_dir: Path) -> dict:
+    try:
+        return json.loads((Path(work_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _close_visualizer(runner) -> None:

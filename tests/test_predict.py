@@ -9,9 +9,18 @@ import pytest
 from segkit.classes import TRASH
 from segkit.coco import load_coco, read_image, write_coco
 from segkit.errors import SegkitError
-from segkit.predict import (check_model_classes, dequantize_probs, evaluate, load_model,
-                            predict_dataset, predict_probs, quantize_probs, read_prediction_meta,
-                            reduce_label, run_data)
+from segkit.predict import (
+    check_model_classes,
+    dequantize_probs,
+    evaluate,
+    load_model,
+    predict_dataset,
+    predict_probs,
+    quantize_probs,
+    read_prediction_meta,
+    reduce_label,
+    run_data,
+)
 from segkit.submission import read_submission, validate_submission
 
 

@@ -1,0 +1,73 @@
+"""08_report, pipelines of notebooks, and the demo's spec."""
+
+import numpy as np
+import pytest
+
+from segkit.__main__ import main
+from segkit.errors import SegkitError
+from segkit.pipeline import DEMO_SPEC, NotebookError, load_spec, run_pipeline
+from segkit.report import confused_pairs, runs_table
+from tests.conftest import notebook_text, run_notebook
+
+
+def test_runs_table(trained_run):
+    table = runs_table([trained_run.work_dir])
+    row = table.iloc[0]
+    assert row["run"] == trained_run.work_dir.name and row["iters"] == 150
+    assert row["best_mIoU"] == pytest.approx(trained_run.best_miou)
+    assert row["minutes"] > 0 and row["IoU Background"] > 0.5
+
+
+def test_confused_pairs():
+    cm = np.array([[90, 10, 0], [30, 70, 0], [0, 0, 5]])
+    pairs = confused_pairs(cm, ["a", "b", "c"])
+    assert pairs.iloc[0][["truth", "predicted as"]].tolist() == ["b", "a"]
+    assert pairs.iloc[0]["share of truth"] == pytest.approx(0.3)
+
+
+def test_08_report_notebook(trained_run, tmp_path):
+    nb = run_notebook("08_report", tmp_path, runs=[str(trained_run.work_dir)], n_worst=2)
+    text = notebook_text(nb)
+    assert "validation mIoU" in text and trained_run.work_dir.name in text
+
+
+def test_demo_spec_is_valid():
+    spec = load_spec(DEMO_SPEC)
+    names = [s["notebook"] for s in spec["steps"]]
+    assert names[0] == "01_eda" and names[-1] == "08_report"
+
+
+def test_pipeline_runs_steps_and_stops_at_failure(sample_root, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""
+name: t
+parameters: {{data_root: "{sample_root}"}}
+steps:
+  - notebook: 02_split
+    parameters: {{n_splits: 3}}
+  - notebook: 02_split
+    output: broken/02.ipynb
+    parameters: {{n_splits: 1000}}
+  - notebook: 01_eda
+""")
+    with pytest.raises(NotebookError, match=r"step 2 of .*02_split.ipynb failed in cell .*"
+                                            r"executed notebook: .*broken/02.ipynb"):
+        run_pipeline(spec, progress=False)
+    first = tmp_path / "ok.yaml"
+    first.write_text(f"""
+steps:
+  - notebook: 02_split
+    parameters: {{n_splits: 3, data_root: "{sample_root}"}}
+""")
+    executed = run_pipeline(first, progress=False)
+    assert executed[0].name == "02_split.ipynb" and executed[0].parent.name == "ok"
+
+
+def test_bad_specs(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  - notebook: 09_nothing\n")
+    with pytest.raises(SegkitError, match="notebook '09_nothing' not found"):
+        load_spec(bad)
+    bad.write_text("steps:\n  - notebook: 02_split\n    parameters: {n_split: 3}\n")
+    assert main(["pipeline", str(bad)]) == 2
+    assert "sets ['n_split'], which the notebook does not declare" in capsys.readouterr().err
