@@ -44,3 +44,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def resolve_output_path(path: str | os.PathLike) -> Path:
+    """A path as a user wrote it, or, when it is relative and not there, the same path under
+    the outputs folder (pipeline specs name runs and files relative to outputs/)."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (outputs_dir() / path).exists():
+        return outputs_dir() / path
+    return path

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from segkit.errors import SegkitError
-from segkit.paths import PROJECT_ROOT, outputs_dir
+from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
@@ -69,7 +69,7 @@ def default_run(run_dir: str | os.PathLike = "") -> Path:
     from segkit.train import last_checkpoint
 
     if run_dir:
-        return Path(run_dir)
+        return resolve_output_path(run_dir)
     path = outputs_dir() / "runs" / DEFAULT_RUN
     if last_checkpoint(path) is None:
         run_notebook("04_train", path / "04_train.ipynb", {})

@@ -32,7 +32,7 @@ from segkit.classes import IGNORE_INDEX, ClassTable
 from segkit.coco import cached_label_maps, load_coco
 from segkit.errors import ParameterError
 from segkit.models import model_config, register_modules
-from segkit.paths import PROJECT_ROOT, outputs_dir, write_text_atomic
+from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_text_atomic
 from segkit.sample import resolve_data_root
 
 LOSSES = ("ce", "focal", "dice", "ce+dice")
@@ -60,9 +60,7 @@ def resolve_source(source, data_root: str | os.PathLike | None = None) -> tuple[
         data_root = source.get("data_root", data_root)
     else:
         ann_file = Path(source)
-    if not ann_file.is_absolute() and not ann_file.exists() and \
-            (outputs_dir() / ann_file).exists():
-        ann_file = outputs_dir() / ann_file  # pipeline specs name outputs relative to outputs/
+    ann_file = resolve_output_path(ann_file)
     if data_root:
         return ann_file, Path(data_root)
     try:
