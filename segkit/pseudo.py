@@ -304,6 +304,28 @@ def check_round2_start(start: str) -> str:
     return start
 
 
+def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
+    """The names a notebook's `parameters` cell assigns, in order (read with Python's own
+    parser: papermill's inspection misreads lines like `x = ""  # "" = default`)."""
+    import ast
+
+    import nbformat
+
+    from segkit.pipeline import notebook_path
+
+    path = notebook_path(notebook)
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise SegkitError(f"{path}: no cell tagged 'parameters'")
+    names = []
+    for node in ast.parse(cells[0].source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
+
+
 def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.PathLike],
                       run_name: str, start: str = "round1", checkpoint: str = "best",
                       notebook: str = "04_train", **overrides) -> dict:
@@ -317,14 +339,11 @@ def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | o
     """
     import inspect
 
-    import papermill
-
-    from segkit.pipeline import notebook_path
     from segkit.predict import resolve_checkpoint
     from segkit.train import build_config
 
     check_round2_start(start)
-    declared = papermill.inspect_notebook(str(notebook_path(notebook)))
+    declared = notebook_parameters(notebook)
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
         raise ParameterError(f"{notebook} has no parameters {unknown}; it has: "

@@ -32,7 +32,7 @@ def second_run(trained_run, sample_root, tmp_path_factory):
 def test_06_pseudo_label_notebook(trained_run, sample_root, tmp_path):
     nb = run_notebook("06_pseudo_label", tmp_path, data_root=str(sample_root),
                       run_dirs=[str(trained_run.work_dir)], threshold=0.7, name="nb_pseudo",
-                      round2_name="nb_round2", round2_iters=4, round2_val_interval=4,
+                      round2_name="nb_round2", round2_iters=10, round2_val_interval=10,
                       num_workers=0, n_examples=2)
     text = notebook_text(nb)
     out = outputs_dir() / "pseudo" / "nb_pseudo"
@@ -51,8 +51,8 @@ def test_06_pseudo_label_notebook(trained_run, sample_root, tmp_path):
     params = json.loads((round2 / "params.json").read_text())
     assert params["extra_train_files"] == [str(out / "pseudo.json")]
     assert params["load_from"] == str(trained_run.best_checkpoint)
-    assert params["iters"] == 4 and params["crop_size"] == 64
-    assert (round2 / "04_train.ipynb").exists() and (round2 / "iter_4.pth").exists()
+    assert params["iters"] == 10 and params["crop_size"] == 64
+    assert (round2 / "04_train.ipynb").exists() and (round2 / "iter_10.pth").exists()
     # the comparison of both rounds is the last output
     html = nb.cells[-1].outputs[0]["data"]["text/html"]
     assert "round 2 - round 1" in html and "mIoU" in html and "Clothing" in html

@@ -15,6 +15,7 @@ from segkit.predict import save_probs, write_prediction_meta
 from segkit.pseudo import (
     check_threshold,
     label_from_probs,
+    notebook_parameters,
     pseudo_labels,
     round2_parameters,
     round_comparison,
@@ -305,6 +306,9 @@ def test_training_with_a_pseudo_source_runs(trained_run, sample_root, tmp_path):
 
 
 def test_round2_parameters_repeat_round1(trained_run, tmp_path):
+    declared = notebook_parameters("04_train")
+    assert declared[:4] == ["data_root", "fold", "train_file", "val_file"]
+    assert "extra_train_files" in declared and "work_dir" not in declared
     params = round2_parameters(trained_run.work_dir, [tmp_path / "p.json"], "r2", iters=8)
     recorded = json.loads((trained_run.work_dir / "params.json").read_text())
     assert params["iters"] == 8 and params["run_name"] == "r2"
