@@ -113,10 +113,25 @@ def load_spec(path: str | os.PathLike) -> dict:
     return spec
 
 
-def declared_parameters(name: str | os.PathLike) -> set[str]:
-    import papermill
+def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
+    """The names a notebook's `parameters` cell assigns, in order (read with Python's own
+    parser: papermill's inspection misreads lines like `x = ""  # "" = default`)."""
+    import ast
 
-    return set(papermill.inspect_notebook(str(notebook_path(name))))
+    import nbformat
+
+    path = notebook_path(notebook)
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise SegkitError(f"{path}: no cell tagged 'parameters'")
+    names = []
+    for node in ast.parse(cells[0].source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
+
 
 
 def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
@@ -137,7 +152,7 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
     for i, step in enumerate(bar, 1):
         name = Path(step["notebook"]).stem
         bar.set_postfix_str(name)
-        declared = declared_parameters(name)
+        declared = set(notebook_parameters(name))
         params = {k: v for k, v in shared.items() if k in declared}
         params.update(step.get("parameters") or {})
         unknown = set(params) - declared

@@ -336,13 +336,9 @@ class Evaluation:
 def run_data(run_dir: str | os.PathLike) -> tuple[Path, Path]:
     """(data root, validation COCO file) a run was trained with, from its params.json."""
     from segkit.sample import resolve_data_root
-    from segkit.train import fold_files
+    from segkit.train import fold_files, run_parameters
 
-    path = Path(run_dir) / "params.json"
-    try:
-        params = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SegkitError(f"{run_dir}: not a run folder (no params.json)") from None
+    params = run_parameters(run_dir)
     root = resolve_data_root(params.get("data_root", ""))
     if params.get("val_file"):
         return root, Path(params["val_file"])

@@ -36,6 +36,8 @@ import pandas as pd
 
 from segkit.classes import IGNORE_INDEX, ClassTable
 from segkit.errors import ParameterError, SegkitError
+from segkit.pipeline import notebook_parameters
+from segkit.train import run_parameters
 
 # Probabilities are stored in steps of 1/255 and resizing sums float32 weights: a pixel whose
 # top probability equals the threshold up to this rounding counts as reaching it.
@@ -279,17 +281,6 @@ def show_examples(result: PseudoResult, classes: ClassTable | None = None,
 # Round 2
 # ---------------------------------------------------------------------------------------------
 
-def run_parameters(run_dir: str | os.PathLike) -> dict:
-    """The training parameters a run folder recorded (params.json)."""
-    path = Path(run_dir) / "params.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SegkitError(f"{run_dir}: not a run folder (no params.json)") from None
-    except ValueError as exc:
-        raise SegkitError(f"{path}: not valid JSON ({exc})") from None
-
-
 # Parameters of round 1 that round 2 never inherits: where it writes, how it starts, resuming.
 _NOT_INHERITED = ("work_dir", "run_name", "resume", "load_from", "launcher", "extra_train_files")
 
@@ -302,28 +293,6 @@ def check_round2_start(start: str) -> str:
     if start not in ROUND2_STARTS:
         raise ParameterError(f"round 2 start={start!r}; allowed: {', '.join(ROUND2_STARTS)}")
     return start
-
-
-def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
-    """The names a notebook's `parameters` cell assigns, in order (read with Python's own
-    parser: papermill's inspection misreads lines like `x = ""  # "" = default`)."""
-    import ast
-
-    import nbformat
-
-    from segkit.pipeline import notebook_path
-
-    path = notebook_path(notebook)
-    nb = nbformat.read(str(path), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if not cells:
-        raise SegkitError(f"{path}: no cell tagged 'parameters'")
-    names = []
-    for node in ast.parse(cells[0].source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) else []
-        names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
-    return names
 
 
 def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.PathLike],

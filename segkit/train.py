@@ -30,7 +30,7 @@ import pandas as pd
 from segkit import compat
 from segkit.classes import IGNORE_INDEX, ClassTable
 from segkit.coco import cached_label_maps, load_coco
-from segkit.errors import ParameterError
+from segkit.errors import ParameterError, SegkitError
 from segkit.models import model_config, register_modules
 from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_text_atomic
 from segkit.sample import resolve_data_root
@@ -338,6 +338,7 @@ def build_config(*, data_root="", fold: int | None = 0, train_file=None, val_fil
         n_train = len(data_list(sources, classes))
         iters = int(epochs) * math.ceil(n_train / batch_size)
     val_interval = min(val_interval, iters)
+    log_interval = max(1, min(log_interval, iters))  # even a short run logs its loss
     workers = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
 
     if lr is None:
@@ -476,6 +477,17 @@ def read_scalars(work_dir: str | os.PathLike) -> pd.DataFrame:
                           "val", "train")
     return df.drop_duplicates(subset=["kind", "step"], keep="last").sort_values(
         ["step", "kind"]).reset_index(drop=True)
+
+
+def run_parameters(run_dir: str | os.PathLike) -> dict:
+    """The training parameters a run folder recorded (params.json)."""
+    path = Path(run_dir) / "params.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SegkitError(f"{run_dir}: not a run folder (no params.json)") from None
+    except ValueError as exc:
+        raise SegkitError(f"{path}: not valid JSON ({exc})") from None
 
 
 def best_checkpoint(work_dir: str | os.PathLike) -> Path | None:

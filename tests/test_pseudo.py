@@ -11,11 +11,11 @@ import torch
 from segkit.classes import IGNORE_INDEX, TRASH
 from segkit.coco import load_coco, read_label, write_coco
 from segkit.errors import ParameterError, SegkitError
+from segkit.pipeline import notebook_parameters
 from segkit.predict import save_probs, write_prediction_meta
 from segkit.pseudo import (
     check_threshold,
     label_from_probs,
-    notebook_parameters,
     pseudo_labels,
     round2_parameters,
     round_comparison,
