@@ -38,7 +38,7 @@ def sample_and_params(root: Path, args) -> dict:
     return dict(data_root=str(data), fold=None, train_file=str(data / "train.json"),
                 val_file=str(data / "val.json"), model=args.model, weights="none",
                 image_size=128, crop_size=128, batch_size=args.batch_size, iters=args.iters,
-                val_interval=args.iters, log_interval=1, num_workers=args.workers,
+                val_interval=args.iters, log_interval=10, num_workers=args.workers,
                 warmup_iters=10, augment=("flip", "resize_crop"))
 
 
