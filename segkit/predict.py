@@ -123,7 +123,20 @@ def load_model(run_dir: str | os.PathLike | None = None, checkpoint: str = "best
     model = init_model(str(config), str(ckpt), device=pick_device(device))
     model.eval()
     model.segkit_checkpoint = str(ckpt)
+    model.segkit_input_scale = validation_scale(model.cfg)
     return model
+
+
+def validation_scale(cfg) -> tuple[int, int] | None:
+    """The (w, h) box the config's validation pipeline resizes images into (keeping their
+    aspect ratio), or None: prediction must see images at the scale the model was trained
+    and validated at, not at the file's size."""
+    loader = cfg.get("val_dataloader") or cfg.get("test_dataloader") or {}
+    for step in (loader.get("dataset") or {}).get("pipeline", []):
+        if step.get("type") == "Resize" and step.get("keep_ratio", False) and step.get("scale"):
+            scale = step["scale"]
+            return (int(scale), int(scale)) if isinstance(scale, int) else tuple(map(int, scale))
+    return None
 
 
 def model_classes(model) -> list[str]:
@@ -176,8 +189,9 @@ def predict_probs(model, images: list[np.ndarray], out_size: tuple[int, int] | N
                   slide: tuple[int, int] | None = None, amp: bool = False) -> np.ndarray:
     """Class probabilities (N, C, H, W) float32 of RGB images of one size.
 
-    flips: any of "h", "v" (each adds a flipped pass); scales: input scale factors; the
-    passes' probabilities are averaged. slide: (crop, stride) for sliding-window inference.
+    flips: any of "h", "v" (each adds a flipped pass); scales: input scale factors, relative
+    to the scale the model was validated at (`model.segkit_input_scale`, read from its
+    config by `load_model`); the passes' probabilities are averaged. slide: (crop, stride) for sliding-window inference.
     out_size: probabilities are resized to it (area-averaged when shrinking), or kept at the
     image size when None.
 
@@ -194,12 +208,16 @@ def predict_probs(model, images: list[np.ndarray], out_size: tuple[int, int] | N
     x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float()
     x = (x - pre.mean) / pre.std
     h, w = x.shape[-2:]
+    box = getattr(model, "segkit_input_scale", None)
+    # the scale validation used (mmseg's keep-ratio Resize into the box), times each TTA scale
+    base = min(max(box) / max(h, w), min(box) / min(h, w)) if box else 1.0
     total = None
     passes = 0
     with torch.no_grad(), autocast(device.type, enabled=amp):
         for scale in scales:
-            xs = x if scale == 1.0 else F.interpolate(
-                x, scale_factor=scale, mode="bilinear", align_corners=False)
+            size = (max(1, round(h * base * scale)), max(1, round(w * base * scale)))
+            xs = x if size == (h, w) else F.interpolate(
+                x, size=size, mode="bilinear", align_corners=False)
             views = [xs] + [xs.flip(-1) if f == "h" else xs.flip(-2) for f in flips]
             # all flipped views in one batch: one forward pass per scale
             probs = _infer(model, torch.cat(views), slide)

@@ -126,3 +126,25 @@ def test_meta_lists_images_in_order(model, sample_root, tmp_path):
     out = predict_dataset(model, coco, sample_root, tmp_path / "v", split="val", progress=False)
     meta = json.loads((out / "meta.json").read_text())
     assert [i["id"] for i in meta["images"]] == [i["id"] for i in coco.images]
+
+
+def test_prediction_uses_the_validation_scale(model, sample_root):
+    """Images are shrunk into the box the validation pipeline used, as in training."""
+    import torch.nn.functional as F
+    import torch
+
+    assert model.segkit_input_scale == (96, 96)  # the tiny run's image_size
+    coco = load_coco(sample_root / "val.json")
+    image = read_image(sample_root, coco.images[0])
+    try:
+        model.segkit_input_scale = (48, 48)
+        probs = predict_probs(model, [image], out_size=None)
+        model.segkit_input_scale = None
+        small = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(),
+                              size=(48, 48), mode="bilinear", align_corners=False)
+        # the same pixels shrunk by hand (normalisation commutes with the resize)
+        manual = predict_probs(model, [small[0].permute(1, 2, 0).numpy()], out_size=(96, 96))
+    finally:
+        model.segkit_input_scale = (96, 96)
+    assert probs.shape == (1, 11, 96, 96)
+    assert np.allclose(probs, manual, atol=1e-4)
