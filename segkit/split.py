@@ -133,6 +133,11 @@ def write_folds(coco: Coco, folds: pd.Series, out_dir: str | os.PathLike) -> lis
         documents.append((out_dir / f"fold{k}_train.json", subset(coco, train_ids)))
         documents.append((out_dir / f"fold{k}_val.json", subset(coco, val_ids)))
     written = [write_coco(data, path) for path, data in documents]
+    # a folder that held more folds before keeps none of them: fold k >= n_splits is stale
+    for k in available_folds(out_dir):
+        if k >= n_splits:
+            for part in ("train", "val"):
+                (out_dir / f"fold{k}_{part}.json").unlink(missing_ok=True)
     table = pd.DataFrame({"image_id": ids,
                           "file_name": [coco.image_by_id[i]["file_name"] for i in ids],
                           "fold": [int(folds[i]) for i in ids]})

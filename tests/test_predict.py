@@ -130,8 +130,8 @@ def test_meta_lists_images_in_order(model, sample_root, tmp_path):
 
 def test_prediction_uses_the_validation_scale(model, sample_root):
     """Images are shrunk into the box the validation pipeline used, as in training."""
-    import torch.nn.functional as F
     import torch
+    import torch.nn.functional as F
 
     assert model.segkit_input_scale == (96, 96)  # the tiny run's image_size
     coco = load_coco(sample_root / "val.json")

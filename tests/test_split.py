@@ -166,3 +166,12 @@ def test_cli_split(tmp_path, sample_root, capsys):
                  "--n-splits", "99"]) == 2
     assert "n_splits=99" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_fewer_folds_over_more_leave_no_stale_files(sample_root, tmp_path):
+    from segkit.split import available_folds, check_fold_files, split_file
+
+    split_file(sample_root / "train_all.json", tmp_path, n_splits=5)
+    split_file(sample_root / "train_all.json", tmp_path, n_splits=3)
+    assert available_folds(tmp_path) == [0, 1, 2]
+    assert check_fold_files(tmp_path)["ok"].all()
