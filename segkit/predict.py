@@ -218,11 +218,11 @@ def predict_probs(model, images: list[np.ndarray], out_size: tuple[int, int] | N
             size = (max(1, round(h * base * scale)), max(1, round(w * base * scale)))
             xs = x if size == (h, w) else F.interpolate(
                 x, size=size, mode="bilinear", align_corners=False)
-            views = [xs] + [xs.flip(-1) if f == "h" else xs.flip(-2) for f in flips]
-            # all flipped views in one batch: one forward pass per scale
-            probs = _infer(model, torch.cat(views), slide)
-            for k, f in enumerate(("",) + tuple(flips)):
-                p = probs[k * len(x):(k + 1) * len(x)]
+            for f in ("",) + tuple(flips):
+                # one pass per view: stacking the views into one bigger batch measured slower
+                # on the CPU (2.4x instead of 2x for one flip at 512 px)
+                view = xs.flip(-1) if f == "h" else xs.flip(-2) if f == "v" else xs
+                p = _infer(model, view, slide)
                 p = p.flip(-1) if f == "h" else p.flip(-2) if f == "v" else p
                 if p.shape[-2:] != (h, w):
                     p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
