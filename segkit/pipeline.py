@@ -46,6 +46,10 @@ def run_notebook(name: str | os.PathLike, output: str | os.PathLike,
     source = notebook_path(name)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("SEGKIT_OUTPUTS"):
+        # kernels run in the notebooks folder: a relative SEGKIT_OUTPUTS must mean the same
+        # folder there as here
+        os.environ["SEGKIT_OUTPUTS"] = str(Path(os.environ["SEGKIT_OUTPUTS"]).resolve())
     try:
         papermill.execute_notebook(
             str(source), str(output), parameters=parameters or {}, kernel_name="python3",
