@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import shutil
@@ -258,10 +257,7 @@ def _read_folders(pred_dirs: Sequence[str | os.PathLike], minimum: int) -> _Fold
         raise ParameterError(f"need at least {minimum} prediction folders, got {len(dirs)}")
     metas = []
     for d in dirs:
-        try:
-            meta = read_prediction_meta(d)
-        except json.JSONDecodeError as exc:
-            raise SegkitError(f"{d / 'meta.json'}: not valid JSON ({exc})") from None
+        meta = read_prediction_meta(d)
         missing = [k for k in ("classes", "images") if k not in meta]
         if missing:
             raise SegkitError(f"{d / 'meta.json'}: missing {', '.join(missing)}")
@@ -572,7 +568,8 @@ def predict_run(run_dir: str | os.PathLike, coco_file: str | os.PathLike,
         same = {"checkpoint": str(ckpt), "source": str(coco.path), "split": split}
         same.update({k: list(v) if isinstance(v, tuple) else v
                      for k, v in predict_options.items() if k in ("flips", "scales")})
-        if all(meta.get(k) == v for k, v in same.items()):
+        labels_ok = not predict_options.get("save_full_labels") or (out_dir / "labels").is_dir()
+        if labels_ok and all(meta.get(k) == v for k, v in same.items()):
             return out_dir
     model = load_model(run_dir, checkpoint)
     check_model_classes(model, ClassTable.for_coco(coco.categories).names, str(coco.path))
@@ -790,17 +787,16 @@ def find_runs(fold: int = 0, runs_dir: str | os.PathLike | None = None,
               checkpoint: str = "best") -> list[Path]:
     """Run folders under `runs_dir` (default outputs/runs) that hold a checkpoint and were
     validated on fold `fold`'s validation file, sorted by name."""
-    from segkit.paths import outputs_dir
     from segkit.predict import resolve_checkpoint, run_data
+    from segkit.report import find_runs as runs_with_checkpoints
     from segkit.train import fold_files
 
-    runs_dir = Path(runs_dir) if runs_dir else outputs_dir() / "runs"
     try:
         val = fold_files(int(fold))[1].resolve()
     except ParameterError:
         return []
     found = []
-    for run_dir in sorted(p for p in runs_dir.glob("*") if (p / "params.json").exists()):
+    for run_dir in runs_with_checkpoints(runs_dir):
         try:
             resolve_checkpoint(run_dir, checkpoint)
             if Path(run_data(run_dir)[1]).resolve() == val:

@@ -53,3 +53,19 @@ def resolve_output_path(path: str | os.PathLike) -> Path:
     if not path.is_absolute() and not path.exists() and (outputs_dir() / path).exists():
         return outputs_dir() / path
     return path
+
+
+def read_json_file(path: str | os.PathLike, missing: str) -> dict:
+    """A small JSON file of segkit's own (params.json, meta.json, ...): a missing file raises
+    SegkitError(`missing`), a malformed one a SegkitError naming the file."""
+    import json
+
+    from segkit.errors import SegkitError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SegkitError(missing) from None
+    except ValueError as exc:
+        raise SegkitError(f"{path}: not valid JSON ({exc})") from None

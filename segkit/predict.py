@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from segkit.errors import SegkitError
-from segkit.paths import atomic_path, write_text_atomic
+from segkit.paths import atomic_path, read_json_file, write_text_atomic
 
 PROB_SCALE = 255.0
 
@@ -61,11 +61,8 @@ def write_prediction_meta(pred_dir: str | os.PathLike, images: list[dict], class
 
 
 def read_prediction_meta(pred_dir: str | os.PathLike) -> dict:
-    path = Path(pred_dir) / "meta.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SegkitError(f"{pred_dir}: not a prediction folder (no meta.json)") from None
+    return read_json_file(Path(pred_dir) / "meta.json",
+                          f"{pred_dir}: not a prediction folder (no meta.json)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,14 +7,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from segkit.errors import SegkitError
 from segkit.paths import outputs_dir
-from segkit.train import last_checkpoint, read_scalars, summarize
+from segkit.train import last_checkpoint, read_scalars, run_parameters, summarize
 
 # the parameters worth a column when runs are compared side by side
 KEY_PARAMETERS = ("model", "fold", "image_size", "crop_size", "batch_size", "iters", "lr",
@@ -36,8 +36,8 @@ def runs_table(runs: list[str | os.PathLike] | None = None) -> pd.DataFrame:
     for run_dir in runs if runs is not None else find_runs():
         run_dir = Path(run_dir)
         try:
-            params = json.loads((run_dir / "params.json").read_text())
-        except (OSError, ValueError):
+            params = run_parameters(run_dir)
+        except SegkitError:  # a run copied without its params.json still has scores
             params = {}
         result = summarize(run_dir)
         row = {"run": run_dir.name}
@@ -90,13 +90,9 @@ def confused_pairs(confusion, class_names, top: int = 10) -> pd.DataFrame:
 def val_predictions(run_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
     """The run's validation prediction folder (outputs/predictions/<run>/val, as 05 writes
     it), predicting it first if it is missing."""
-    from segkit.coco import load_coco
-    from segkit.predict import load_model, predict_dataset, run_data
+    from segkit.ensemble import predict_run
+    from segkit.predict import run_data
 
-    run_dir = Path(run_dir)
-    out = outputs_dir() / "predictions" / run_dir.name / "val"
-    if not (out / "meta.json").exists() or not (out / "labels").exists():
-        root, val_file = run_data(run_dir)
-        predict_dataset(load_model(run_dir, checkpoint), load_coco(val_file), root, out,
-                        split="val", save_full_labels=True)
-    return out
+    root, val_file = run_data(run_dir)
+    return predict_run(run_dir, val_file, root, "val", checkpoint=checkpoint,
+                       save_full_labels=True)

@@ -30,9 +30,15 @@ import pandas as pd
 from segkit import compat
 from segkit.classes import IGNORE_INDEX, ClassTable
 from segkit.coco import cached_label_maps, load_coco
-from segkit.errors import ParameterError, SegkitError
+from segkit.errors import ParameterError
 from segkit.models import model_config, register_modules
-from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_text_atomic
+from segkit.paths import (
+    PROJECT_ROOT,
+    outputs_dir,
+    read_json_file,
+    resolve_output_path,
+    write_text_atomic,
+)
 from segkit.sample import resolve_data_root
 
 LOSSES = ("ce", "focal", "dice", "ce+dice")
@@ -481,13 +487,8 @@ def read_scalars(work_dir: str | os.PathLike) -> pd.DataFrame:
 
 def run_parameters(run_dir: str | os.PathLike) -> dict:
     """The training parameters a run folder recorded (params.json)."""
-    path = Path(run_dir) / "params.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SegkitError(f"{run_dir}: not a run folder (no params.json)") from None
-    except ValueError as exc:
-        raise SegkitError(f"{path}: not valid JSON ({exc})") from None
+    return read_json_file(Path(run_dir) / "params.json",
+                          f"{run_dir}: not a run folder (no params.json)")
 
 
 def best_checkpoint(work_dir: str | os.PathLike) -> Path | None:
