@@ -63,7 +63,7 @@ def segkit_run(params: dict, work_dir: Path, amp: bool, warmup: int) -> dict:
                 iters=len(times) - warmup)
 
 
-def bare_loop(params: dict, amp: bool, warmup: int, preload: bool) -> dict:
+def bare_loop(params: dict, amp: bool, warmup: int, preload: bool, fused: bool = False) -> dict:
     """The plain way: the same model, optimizer, dataset and batches, in a loop of our own."""
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
@@ -79,7 +79,8 @@ def bare_loop(params: dict, amp: bool, warmup: int, preload: bool) -> dict:
     model.train()
     opt_cfg = cfg["optim_wrapper"]["optimizer"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg["lr"],
-                                  betas=opt_cfg["betas"], weight_decay=opt_cfg["weight_decay"])
+                                  betas=opt_cfg["betas"], weight_decay=opt_cfg["weight_decay"],
+                                  fused=fused)
     dataset = DATASETS.build(cfg["train_dataloader"]["dataset"])
     workers = params["num_workers"]
     loader = torch.utils.data.DataLoader(
@@ -129,7 +130,8 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    variants = ["segkit fp32", "bare fp32", "bare fp32 pre-loaded", "segkit bf16", "bare bf16"]
+    variants = ["segkit fp32", "bare fp32", "bare fp32 pre-loaded", "bare fp32 fused AdamW",
+                "segkit bf16", "bare bf16"]
     variants = args.only or variants
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +145,8 @@ def main() -> None:
                     out = segkit_run(params, tmp / f"run_{r}_{v.replace(' ', '_')}", amp,
                                      args.warmup)
                 else:
-                    out = bare_loop(params, amp, args.warmup, preload="pre-loaded" in v)
+                    out = bare_loop(params, amp, args.warmup, preload="pre-loaded" in v,
+                                    fused="fused" in v)
                 results[v].append(out)
                 print(f"round {r + 1}: {v:<22} {out['s_per_iter'] * 1000:7.1f} ms/iter "
                       f"(data wait {out['data_time'] * 1000:5.1f} ms)", flush=True)
@@ -162,6 +165,7 @@ def main() -> None:
     speed = {v: 1 / o["s_per_iter"] for v, o in best.items()}
     print()
     for a, b, goal in (("segkit fp32", "bare fp32", 0.9), ("segkit bf16", "bare bf16", 0.9),
+                       ("segkit fp32", "bare fp32 fused AdamW", 0.9),
                        ("segkit bf16", "segkit fp32", 1.2), ("bare bf16", "bare fp32", 1.2)):
         if a in speed and b in speed:
             ratio = speed[a] / speed[b]

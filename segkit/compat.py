@@ -65,7 +65,8 @@ def install_mmcv_ext_stand_in() -> bool:
 
 # 2. bf16 autocast on CPU --------------------------------------------------------------------
 # mmengine's AmpOptimWrapper refuses CPU, and fp16 autocast on CPU does not work; bf16 autocast
-# on CPU does (about 25% faster here). This wrapper is the CPU counterpart of AmpOptimWrapper.
+# on CPU does (about 25% faster on a CPU with native bf16; see `cpu_has_fast_bf16` for the
+# others). This wrapper is the CPU counterpart of AmpOptimWrapper.
 
 def _register_bf16_wrapper():
     from mmengine.optim import OptimWrapper
@@ -84,9 +85,21 @@ def _register_bf16_wrapper():
                 yield
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it.
+
+    Without it, bf16 autocast is emulated and slower than fp32, not faster: on an AVX2-only
+    AMD EPYC, SegFormer-B0 trained at 2.8 s per iteration in bf16 against 0.3 s in fp32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(device: str, enabled: bool = True):
-    """Mixed precision for inference: fp16 on CUDA, bf16 on CPU."""
-    if not enabled:
+    """Mixed precision for inference: fp16 on CUDA, bf16 on a CPU with native bf16, else off."""
+    if not enabled or (not device.startswith("cuda") and not cpu_has_fast_bf16()):
         return torch.autocast(device_type="cpu", enabled=False)
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.float16)

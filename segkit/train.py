@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,8 @@ def data_list(sources, classes: ClassTable, data_root=None) -> list[dict]:
 
 
 def register_dataset() -> None:
-    """Register `CocoSegDataset` and `SegkitIoUMetric` with mmseg's registries (idempotent)."""
+    """Register `CocoSegDataset`, `SegkitIoUMetric`, `RNGStateHook` and
+    `GroupedOptimWrapperConstructor` with the OpenMMLab registries (idempotent)."""
     register_modules()
     from mmseg.datasets import BaseSegDataset
     from mmseg.evaluation import IoUMetric
@@ -219,6 +221,47 @@ def register_dataset() -> None:
             table = "\n".join(f"  {n:<16} {v:.4f}" for n, v in zip(names, iou))
             print_log(f"per-class IoU:\n{table}\n  mIoU {out['mIoU']:.4f}", logger="current")
             return out
+
+    from mmengine.optim import DefaultOptimWrapperConstructor
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+    @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+    class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+        """mmengine's constructor (`paramwise_cfg`: lr_mult, decay_mult, custom_keys) with the
+        parameters that share options merged into one param group.
+
+        The default constructor makes one group per parameter (177 for SegFormer-B0), so every
+        optimizer step and scheduler step loops over them in Python, and a fused optimizer cannot
+        fuse across groups. Merged, the same update costs a few groups: with `fused=True` the AdamW
+        step of SegFormer-B0 on the CPU drops from 28 ms to 5 ms (benchmarks/README.md).
+
+        `norm_decay_mult` applies to every normalisation layer's parameters, also those a
+        `custom_keys` entry matched (mmengine applies only the first matching key, so a
+        `backbone` lr_mult would otherwise leave the backbone's norms decayed).
+        """
+
+        def add_params(self, params, module, prefix="", is_dcn_module=None):
+            if prefix:  # a recursive call from the default constructor
+                return super().add_params(params, module, prefix, is_dcn_module)
+            from torch.nn import GroupNorm, LayerNorm
+            from torch.nn.modules.batchnorm import _BatchNorm
+            from torch.nn.modules.instancenorm import _InstanceNorm
+
+            per_param: list[dict] = []
+            super().add_params(per_param, module, prefix, is_dcn_module)
+            norm_mult = self.paramwise_cfg.get("norm_decay_mult")
+            if norm_mult is not None and self.base_wd is not None:
+                norms = (_BatchNorm, _InstanceNorm, GroupNorm, LayerNorm)
+                in_norms = {id(p) for m in module.modules() if isinstance(m, norms)
+                            for p in m.parameters(recurse=False)}
+                for group in per_param:
+                    if id(group["params"][0]) in in_norms:
+                        group["weight_decay"] = self.base_wd * norm_mult
+            merged: dict[tuple, dict] = {}
+            for group in per_param:
+                options = tuple(sorted((k, repr(v)) for k, v in group.items() if k != "params"))
+                merged.setdefault(options, dict(group, params=[]))["params"] += group["params"]
+            params.extend(merged.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,17 +392,22 @@ def build_config(*, data_root="", fold: int | None = 0, train_file=None, val_fil
 
     if lr is None:
         lr = 6e-4 if optimizer == "AdamW" else 0.01
-    opt = (dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    # fused: one kernel per param group for the whole update (CPU and CUDA, torch >= 2.4)
+    opt = (dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=True)
            if optimizer == "AdamW" else
-           dict(type="SGD", lr=lr, momentum=0.9, weight_decay=weight_decay))
+           dict(type="SGD", lr=lr, momentum=0.9, weight_decay=weight_decay, fused=True))
     cuda = _device_is_cuda()
     wrapper = "OptimWrapper"
-    if amp:
+    if amp and not cuda and not compat.cpu_has_fast_bf16():
+        warnings.warn("amp=True: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 "
+                      "autocast is several times slower than fp32; training in fp32",
+                      stacklevel=2)
+    elif amp:
         wrapper = "AmpOptimWrapper" if cuda else "CPUBF16OptimWrapper"
     optim_wrapper = dict(type=wrapper, optimizer=opt, clip_grad=None,
-                         paramwise_cfg=dict(custom_keys={
-                             "backbone": dict(lr_mult=backbone_lr_mult),
-                             "norm": dict(decay_mult=0.0), "pos_block": dict(decay_mult=0.0)}))
+                         constructor="GroupedOptimWrapperConstructor",
+                         paramwise_cfg=dict(custom_keys={"backbone": dict(lr_mult=backbone_lr_mult)},
+                                            norm_decay_mult=0.0))
     if wrapper == "AmpOptimWrapper":
         optim_wrapper["dtype"] = "float16"
     warmup = min(warmup_iters, max(iters - 1, 0))

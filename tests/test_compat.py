@@ -124,10 +124,12 @@ def test_cpu_bf16_wrapper_runs_the_training_forward_in_bf16():
     assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.float32
 
 
-def test_inference_autocast_is_bf16_on_cpu_and_off_when_disabled():
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_inference_autocast_is_bf16_on_a_bf16_cpu_and_off_otherwise(native_bf16, monkeypatch):
+    monkeypatch.setattr(compat, "cpu_has_fast_bf16", lambda: native_bf16)
     a, b = torch.randn(2, 3), torch.randn(3, 4)
     with compat.autocast("cpu"):
-        assert (a @ b).dtype == torch.bfloat16
+        assert (a @ b).dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     with compat.autocast("cpu", enabled=False):
         assert (a @ b).dtype == torch.float32
 

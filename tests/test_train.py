@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import segkit.train as train_mod
+from segkit import compat
 from segkit.classes import TRASH
 from segkit.coco import load_coco
 from segkit.errors import ParameterError
@@ -69,6 +70,40 @@ def test_backbone_lr_multiplier_lands_in_param_groups(sample_root):
             lrs[id(p)] = group["lr"]
     assert np.allclose([lrs[i] for i in backbone], 0.001)
     assert np.allclose([lrs[id(p)] for p in model.decode_head.parameters()], 0.01)
+
+
+def test_param_groups_are_merged_without_changing_any_parameters_options(sample_root):
+    from mmengine.optim import DefaultOptimWrapperConstructor, build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    init_default_scope("mmseg")
+    cfg = build_config(**tiny_train_params(sample_root, lr=0.01, backbone_lr_mult=0.1,
+                                           weights="none"))
+    model = MODELS.build(cfg["model"])
+    merged = build_optim_wrapper(model, cfg["optim_wrapper"]).optimizer
+    plain_cfg = {k: v for k, v in cfg["optim_wrapper"].items()
+                 if k not in ("constructor", "paramwise_cfg")}
+    paramwise = cfg["optim_wrapper"]["paramwise_cfg"]
+    plain = DefaultOptimWrapperConstructor(plain_cfg, paramwise)(model).optimizer
+
+    def options(optimizer):
+        return {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups
+                for p in g["params"]}
+
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    in_norms = {id(p) for m in model.modules() if isinstance(m, _BatchNorm)
+                for p in m.parameters()}
+    assert in_norms and len(merged.param_groups) < len(plain.param_groups) / 10
+    assert len(options(merged)) == len(list(model.parameters()))
+    # the same lr everywhere; no weight decay on every norm layer, the backbone's included
+    # (mmengine's own constructor stops at the first custom key, `backbone`)
+    for pid, (lr, wd) in options(merged).items():
+        assert lr == options(plain)[pid][0]
+        assert wd == (0.0 if pid in in_norms else 0.01)
+    backbone_norms = {id(p) for p in model.backbone.parameters()} & in_norms
+    assert backbone_norms and all(options(plain)[i][1] == 0.01 for i in backbone_norms)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -148,12 +183,24 @@ def test_resume_after_interruption_matches_uninterrupted(sample_root, tmp_path, 
     assert read_scalars(resumed.work_dir)["step"].max() == 20
 
 
-def test_bf16_amp_trains_on_cpu(sample_root, tmp_path):
+def test_bf16_amp_trains_on_cpu(sample_root, tmp_path, monkeypatch):
+    # whatever this CPU is: the bf16 path must train where bf16 is native
+    monkeypatch.setattr(compat, "cpu_has_fast_bf16", lambda: True)
     result = run(**tiny_train_params(sample_root, iters=2, val_interval=2, amp=True, log_interval=1,
                                      weights="none", work_dir=str(tmp_path / "amp")))
     cfg = (result.work_dir / "config.py").read_text()
     assert "CPUBF16OptimWrapper" in cfg
     assert np.isfinite(result.scalars["loss"].dropna()).all()
+
+
+def test_amp_falls_back_to_fp32_on_a_cpu_without_native_bf16(sample_root, monkeypatch):
+    monkeypatch.setattr(compat, "cpu_has_fast_bf16", lambda: False)
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA amp is fp16")
+    with pytest.warns(UserWarning, match="no native bf16"):
+        cfg = build_config(**tiny_train_params(sample_root, amp=True, weights="none"))
+    assert cfg["optim_wrapper"]["type"] == "OptimWrapper"
+    assert not compat.autocast("cpu", enabled=True)._enabled  # inference stays fp32 too
 
 
 @pytest.mark.parametrize("averaging", ["ema", "swa"])
