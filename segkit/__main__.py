@@ -73,7 +73,7 @@ def _cmd_split(args) -> int:
 
     written = split_file(args.file, args.out, n_splits=args.n_splits, seed=args.seed, by=args.by)
     print(f"wrote {len(written)} files ({args.n_splits} folds, stratified by {args.by}) "
-          f"to {args.out}")
+          f"to {written[0].parent}")
     return 0
 
 

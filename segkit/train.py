@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -96,6 +97,15 @@ def data_list(sources, classes: ClassTable, data_root=None) -> list[dict]:
                               label_map=None, reduce_zero_label=False, seg_fields=[],
                               image_id=img["id"], source=str(ann_file)))
     return infos
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def register_dataset() -> None:
@@ -247,8 +257,18 @@ def register_dataset() -> None:
             from torch.nn.modules.batchnorm import _BatchNorm
             from torch.nn.modules.instancenorm import _InstanceNorm
 
+            from mmengine.logging import MMLogger
+
+            # mmengine logs one INFO line per parameter here (hundreds in a notebook); the
+            # merged groups are summarised in one line below instead
+            logger = MMLogger.get_current_instance()
+            quiet = _DropRecords("paramwise_options")
+            logger.addFilter(quiet)
             per_param: list[dict] = []
-            super().add_params(per_param, module, prefix, is_dcn_module)
+            try:
+                super().add_params(per_param, module, prefix, is_dcn_module)
+            finally:
+                logger.removeFilter(quiet)
             norm_mult = self.paramwise_cfg.get("norm_decay_mult")
             if norm_mult is not None and self.base_wd is not None:
                 norms = (_BatchNorm, _InstanceNorm, GroupNorm, LayerNorm)
@@ -262,6 +282,11 @@ def register_dataset() -> None:
                 options = tuple(sorted((k, repr(v)) for k, v in group.items() if k != "params"))
                 merged.setdefault(options, dict(group, params=[]))["params"] += group["params"]
             params.extend(merged.values())
+            summary = "; ".join(
+                f"{len(g['params'])} tensors: "
+                + ", ".join(f"{k}={v:g}" for k, v in g.items() if isinstance(v, float))
+                for g in merged.values())
+            logger.info(f"param groups: {summary}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +302,34 @@ def fold_files(fold: int, splits_dir: str | os.PathLike | None = None) -> tuple[
             f"fold={fold}: {train} / {val} not found (folds there: {found or 'none'}); run "
             "02_split first, or pass train_file and val_file")
     return train, val
+
+
+def balanced_class_weights(coco_file: str | os.PathLike, classes: ClassTable,
+                           power: float = 0.5, clip: tuple[float, float] = (0.2, 5.0)
+                           ) -> list[float]:
+    """Median-frequency class weights for the loss, from a COCO file's label maps.
+
+    A class's frequency is its pixels over all pixels of the images it appears in; its weight
+    is median frequency / frequency (Eigen and Fergus, 2015), softened by `power` (0.5: the
+    square root) and clipped, so thin rare classes (poles, signs) count more without the
+    common ones being ignored. A class absent from the file gets 1.
+
+    Example:
+        >>> balanced_class_weights("outputs/splits/fold0_train.json", TRASH)[:3]
+        [0.38, 1.41, 0.77]
+    """
+    from segkit.eda import pixel_counts
+
+    pixels = pixel_counts(load_coco(coco_file), classes).to_numpy(np.float64)
+    present = pixels > 0
+    image_pixels = pixels.sum(axis=1, keepdims=True)
+    seen = (image_pixels * present).sum(axis=0)
+    freq = np.divide(pixels.sum(axis=0), seen, out=np.zeros(len(classes)), where=seen > 0)
+    weights = np.ones(len(classes))
+    known = freq > 0
+    if known.any():
+        weights[known] = (np.median(freq[known]) / freq[known]) ** power
+    return [round(float(w), 4) for w in np.clip(weights, *clip)]
 
 
 def _loss_config(loss: str, class_weights, num_classes: int) -> list[dict] | dict:
@@ -367,6 +420,11 @@ def build_config(*, data_root="", fold: int | None = 0, train_file=None, val_fil
     distributed = launcher != "none"
     model_cfg, zoo = model_config(model, classes.num_classes, weights, distributed)
     model_cfg["data_preprocessor"]["size"] = (crop_size, crop_size)
+    if isinstance(class_weights, str):
+        if class_weights != "balanced":
+            raise ParameterError(f"class_weights={class_weights!r}; pass 'balanced' or one "
+                                 "number per class")
+        class_weights = balanced_class_weights(train_file, classes)
     if "decode_head" in model_cfg and model_cfg["decode_head"].get("type") != "Mask2FormerHead":
         model_cfg["decode_head"]["loss_decode"] = _loss_config(loss, class_weights,
                                                                classes.num_classes)
@@ -588,7 +646,8 @@ def run(resume: bool = False, **params) -> RunResult:
         batch_size, iters (or epochs), val_interval, log_interval, num_workers
         optimizer        "AdamW" | "SGD"; lr, weight_decay, backbone_lr_mult (backbone lr factor)
         warmup_iters, schedule ("poly" | "cosine")
-        loss             "ce" | "focal" | "dice" | "ce+dice"; class_weights (one per class)
+        loss             "ce" | "focal" | "dice" | "ce+dice"; class_weights (one per class, or
+                         "balanced": `balanced_class_weights` of the train file)
         augment          subset of ("flip", "resize_crop", "photometric")
         amp              mixed precision: fp16 on GPU, bf16 on CPU
         averaging        None | "ema" | "swa" (mmengine's EMAHook), ema_momentum

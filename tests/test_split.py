@@ -162,6 +162,7 @@ def test_cli_split(tmp_path, sample_root, capsys):
     assert main(["split", str(sample_root / "train_all.json"), "--out", str(out),
                  "--n-splits", "3", "--by", "pixels"]) == 0
     assert split.available_folds(out) == [0, 1, 2]
+    assert f"to {out}" in capsys.readouterr().out
     assert main(["split", str(sample_root / "train_all.json"), "--out", str(tmp_path / "x"),
                  "--n-splits", "99"]) == 2
     assert "n_splits=99" in capsys.readouterr().err

@@ -106,6 +106,23 @@ def test_param_groups_are_merged_without_changing_any_parameters_options(sample_
     assert backbone_norms and all(options(plain)[i][1] == 0.01 for i in backbone_norms)
 
 
+def test_balanced_class_weights_favour_rare_classes(sample_root):
+    from segkit.eda import pixel_counts
+    from segkit.train import balanced_class_weights
+
+    weights = np.array(balanced_class_weights(sample_root / "train.json", TRASH))
+    pixels = pixel_counts(load_coco(sample_root / "train.json"), TRASH).sum()
+    present = pixels.to_numpy() > 0
+    assert weights.shape == (11,) and np.all(weights[~present] == 1.0)
+    assert weights[pixels.idxmax() == pixels.index][0] == weights[present].min() < 1.0
+    assert weights[present].max() > 1.0 and np.all((weights >= 0.2) & (weights <= 5.0))
+    cfg = build_config(**tiny_train_params(sample_root, class_weights="balanced",
+                                           weights="none"))
+    assert cfg["model"]["decode_head"]["loss_decode"]["class_weight"] == list(weights)
+    with pytest.raises(ParameterError, match="balanced"):
+        build_config(**tiny_train_params(sample_root, class_weights="rare"))
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_trains_one_step(loss, sample_root, tmp_path):
     weights = [1.0] * 10 + [2.0]
