@@ -606,7 +606,9 @@ def best_checkpoint(work_dir: str | os.PathLike) -> Path | None:
 def last_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     marker = Path(work_dir) / "last_checkpoint"
     if marker.exists():
-        path = Path(marker.read_text().strip())
+        # mmengine writes an absolute path; the run folder may have moved since (or be
+        # relative, as best_checkpoint's is), so the name is looked up in the folder itself
+        path = Path(work_dir) / Path(marker.read_text().strip()).name
         if path.exists():
             return path
     found = sorted(Path(work_dir).glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
