@@ -32,6 +32,20 @@ def notebook_path(name: str | os.PathLike) -> Path:
     return path
 
 
+# Folder parameters a user types relative to the shell they run in. The kernel runs in the
+# notebooks folder, so a relative one that exists from here is made absolute first (one that
+# does not is left for the notebook, which also looks under the outputs folder).
+PATH_PARAMETERS = ("data_root", "run_dir", "run_dirs", "splits_dir", "load_from")
+
+
+def _from_here(value):
+    if isinstance(value, (list, tuple)):
+        return [_from_here(v) for v in value]
+    if isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def run_notebook(name: str | os.PathLike, output: str | os.PathLike,
                  parameters: dict | None = None, progress: bool = False,
                  timeout: int | None = None) -> Path:
@@ -50,9 +64,11 @@ def run_notebook(name: str | os.PathLike, output: str | os.PathLike,
         # kernels run in the notebooks folder: a relative SEGKIT_OUTPUTS must mean the same
         # folder there as here
         os.environ["SEGKIT_OUTPUTS"] = str(Path(os.environ["SEGKIT_OUTPUTS"]).resolve())
+    parameters = {k: _from_here(v) if k in PATH_PARAMETERS else v
+                  for k, v in (parameters or {}).items()}
     try:
         papermill.execute_notebook(
-            str(source), str(output), parameters=parameters or {}, kernel_name="python3",
+            str(source), str(output), parameters=parameters, kernel_name="python3",
             cwd=str(source.parent), progress_bar=progress, log_output=False,
             execution_timeout=timeout)
     except PapermillExecutionError as exc:

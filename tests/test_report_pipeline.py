@@ -63,6 +63,16 @@ steps:
     assert executed[0].name == "02_split.ipynb" and executed[0].parent.name == "ok"
 
 
+def test_a_relative_data_root_means_the_folder_seen_from_where_the_pipeline_runs(
+        sample_root, tmp_path, monkeypatch):
+    from segkit.pipeline import run_notebook as execute
+
+    monkeypatch.chdir(sample_root.parent)  # the kernel itself runs in notebooks/
+    out = execute("02_split", tmp_path / "02.ipynb",
+                  {"data_root": sample_root.name, "n_splits": 3})
+    assert str(sample_root) in out.read_text()
+
+
 def test_bad_specs(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps:\n  - notebook: 09_nothing\n")

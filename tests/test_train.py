@@ -226,3 +226,15 @@ def test_weight_averaging_runs(averaging, sample_root, tmp_path):
                                      weights="none", work_dir=str(tmp_path / averaging)))
     state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     assert any(k.startswith("ema_") for k in state["state_dict"]) or "ema_state_dict" in state
+
+
+def test_last_checkpoint_survives_a_moved_run_folder(tmp_path):
+    from segkit.train import last_checkpoint
+
+    (tmp_path / "iter_5.pth").write_bytes(b"")
+    (tmp_path / "iter_10.pth").write_bytes(b"")
+    # mmengine's marker holds the absolute path of the folder the run was trained in
+    (tmp_path / "last_checkpoint").write_text("/gpu-server/runs/lite0/iter_5.pth")
+    assert last_checkpoint(tmp_path) == tmp_path / "iter_5.pth"
+    (tmp_path / "last_checkpoint").unlink()
+    assert last_checkpoint(tmp_path) == tmp_path / "iter_10.pth"
