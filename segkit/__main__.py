@@ -35,7 +35,13 @@ def _cmd_check_coco(args) -> int:
 def _cmd_check_submission(args) -> int:
     from segkit.submission import validate_submission
 
-    problems = validate_submission(args.csv, args.test_json, args.num_classes, tuple(args.size))
+    num_classes = args.num_classes
+    if num_classes is None:
+        from segkit.classes import ClassTable
+        from segkit.coco import load_coco
+
+        num_classes = ClassTable.for_coco(load_coco(args.test_json).categories).num_classes
+    problems = validate_submission(args.csv, args.test_json, num_classes, tuple(args.size))
     for p in problems:
         print(f"error: {p}")
     if problems:
@@ -186,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list every problem of a submission CSV against test.json")
     p.add_argument("csv")
     p.add_argument("--test-json", required=True, help="the test.json the rows must follow")
-    p.add_argument("--num-classes", type=int, default=11)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="default: the test.json's categories plus background")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
     p.set_defaults(func=_cmd_check_submission)
 

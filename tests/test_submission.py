@@ -318,3 +318,18 @@ def test_four_digit_values_are_caught_among_few_or_many_long_ones(tmp_path, shar
     write_text(path, [f"a.jpg,{' '.join(tokens)}"])
     with pytest.raises(SubmissionError, match=r"a value at pixel 40 \(y=5, x=0\) has more than 3"):
         read_submission(path, 255, SIZE)
+
+
+def test_cli_check_submission_counts_classes_from_the_test_json(tmp_path, capsys):
+    images = [{"id": i + 1, "file_name": n, "width": 16, "height": 16}
+              for i, n in enumerate(NAMES)]
+    categories = [{"id": i, "name": name} for i, name in enumerate(["Sky", "Road", "Car"], 1)]
+    test_file = write_json(tmp_path / "test.json", {"images": images, "categories": categories})
+    path = tmp_path / "sub.csv"
+    write_text(path, rows_for(NAMES, value="3"))  # Car: background + 3 categories
+    assert main(["check-submission", str(path), "--test-json", str(test_file),
+                 "--size", "8", "8"]) == 0
+    write_text(path, rows_for(NAMES, value="4"))
+    assert main(["check-submission", str(path), "--test-json", str(test_file),
+                 "--size", "8", "8"]) == 2
+    assert "outside 0..3" in capsys.readouterr().out
