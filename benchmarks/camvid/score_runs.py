@@ -1,0 +1,54 @@
+"""Score CamVid runs, alone and as soft-vote ensembles, on their validation fold.
+
+Each run's validation images are predicted (flip TTA, unless a matching prediction folder is
+there) into outputs/predictions/<run>/val at the submission size (256x256); every single run
+and every `+`-joined ensemble is scored against the truth at that size. Prints mIoU over all
+label values and over the classes without the first (CamVid's void), and the per-class IoU.
+
+    SEGKIT_OUTPUTS=outputs/camvid .venv/bin/python benchmarks/camvid/score_runs.py \\
+        --data-root DATA --runs efficientnet_lite0_fold0 cv_w_320_224 \\
+        --ensembles efficientnet_lite0_fold0+cv_w_320_224
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from segkit.classes import ClassTable
+from segkit.coco import load_coco
+from segkit.ensemble import common_validation, iter_soft_vote, predict_run, truth_at_size
+from segkit.metrics import ConfusionMatrix, per_class_iou
+from segkit.paths import outputs_dir
+from segkit.predict import read_prediction_meta
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--runs", nargs="+", required=True, help="run names under outputs/runs")
+    parser.add_argument("--ensembles", nargs="*", default=[], help="e.g. run_a+run_b")
+    args = parser.parse_args()
+
+    runs = {name: outputs_dir() / "runs" / name for name in args.runs}
+    _, val_json = common_validation(list(runs.values()))
+    coco = load_coco(val_json)
+    classes = ClassTable.for_coco(coco.categories)
+    folders = {name: predict_run(run, val_json, args.data_root, "val", flips=["h"])
+               for name, run in runs.items()}
+    truth = truth_at_size(coco, classes, read_prediction_meta(next(iter(folders.values())))["size"])
+
+    print(f"| model | mIoU, {len(classes) - 1} classes | mIoU, {len(classes)} | "
+          + " | ".join(classes.names) + " |")
+    for members in [[name] for name in runs] + [e.split("+") for e in args.ensembles]:
+        cm = ConfusionMatrix(classes.num_classes)
+        for image, _, label_map in iter_soft_vote([folders[m] for m in members]):
+            cm.update(label_map, truth[image["id"]])
+        iou = per_class_iou(cm.matrix)
+        print(f"| {' + '.join(members)} | {np.nanmean(iou[1:]):.4f} | {np.nanmean(iou):.4f} | "
+              + " | ".join(f"{x:.3f}" for x in iou) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
