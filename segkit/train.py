@@ -253,11 +253,10 @@ def register_dataset() -> None:
         def add_params(self, params, module, prefix="", is_dcn_module=None):
             if prefix:  # a recursive call from the default constructor
                 return super().add_params(params, module, prefix, is_dcn_module)
+            from mmengine.logging import MMLogger
             from torch.nn import GroupNorm, LayerNorm
             from torch.nn.modules.batchnorm import _BatchNorm
             from torch.nn.modules.instancenorm import _InstanceNorm
-
-            from mmengine.logging import MMLogger
 
             # mmengine logs one INFO line per parameter here (hundreds in a notebook); the
             # merged groups are summarised in one line below instead
