@@ -35,13 +35,7 @@ def _cmd_check_coco(args) -> int:
 def _cmd_check_submission(args) -> int:
     from segkit.submission import validate_submission
 
-    num_classes = args.num_classes
-    if num_classes is None:
-        from segkit.classes import ClassTable
-        from segkit.coco import load_coco
-
-        num_classes = ClassTable.for_coco(load_coco(args.test_json).categories).num_classes
-    problems = validate_submission(args.csv, args.test_json, num_classes, tuple(args.size))
+    problems = validate_submission(args.csv, args.test_json, args.num_classes, tuple(args.size))
     for p in problems:
         print(f"error: {p}")
     if problems:

@@ -85,6 +85,7 @@ def _register_bf16_wrapper():
                 yield
 
 
+@functools.lru_cache(maxsize=1)  # the CPU does not change; autocast asks once per batch
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it.
 
@@ -99,11 +100,11 @@ def cpu_has_fast_bf16() -> bool:
 
 def autocast(device: str, enabled: bool = True):
     """Mixed precision for inference: fp16 on CUDA, bf16 on a CPU with native bf16, else off."""
-    if not enabled or (not device.startswith("cuda") and not cpu_has_fast_bf16()):
-        return torch.autocast(device_type="cpu", enabled=False)
-    if device.startswith("cuda"):
+    if enabled and device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    if enabled and cpu_has_fast_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
 
 
 # 3. Mask2Former slide inference -------------------------------------------------------------

@@ -504,13 +504,14 @@ def _longest_increasing(sequence: list[int]) -> set[int]:
 
 
 def validate_submission(path: str | os.PathLike, test_json: str | os.PathLike,
-                        num_classes: int = NUM_CLASSES,
+                        num_classes: int | None = None,
                         size: tuple[int, int] = SUBMISSION_SIZE) -> list[str]:
     """Every problem of a submission against test.json, each naming the file and the row.
 
     Checks the header; each row's image_id (unknown to test.json, repeated, out of order) and
     PredictionString (non-integer text, spacing, number of values, values outside
-    0..num_classes-1); and the images of test.json without a row. An empty list means valid.
+    0..num_classes-1; by default the test.json's categories plus background); and the images
+    of test.json without a row. An empty list means valid.
     Out-of-order rows are the fewest that break test.json's order (one moved row is reported
     once, not every row after it).
 
@@ -518,11 +519,15 @@ def validate_submission(path: str | os.PathLike, test_json: str | os.PathLike,
         >>> for problem in validate_submission("sub.csv", "data/test.json"):  # doctest: +SKIP
         ...     print(problem)
     """
+    from segkit.classes import ClassTable
     from segkit.coco import load_coco
 
+    test = load_coco(test_json)
+    if num_classes is None:
+        num_classes = ClassTable.for_coco(test.categories).num_classes
     size = _check_parameters(num_classes, size)
     path = Path(path)
-    test_names = [img["file_name"] for img in load_coco(test_json).images]
+    test_names = [img["file_name"] for img in test.images]
     test_position = {name: i for i, name in enumerate(test_names)}
 
     problems: list[str] = []

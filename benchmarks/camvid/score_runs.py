@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from segkit.classes import ClassTable
 from segkit.coco import load_coco
-from segkit.ensemble import common_validation, iter_soft_vote, predict_run, truth_at_size
-from segkit.metrics import ConfusionMatrix, per_class_iou
+from segkit.ensemble import common_validation, predict_run, score_ensembles, truth_at_size
 from segkit.paths import outputs_dir
 from segkit.predict import read_prediction_meta
 
@@ -31,23 +28,24 @@ def main() -> None:
     parser.add_argument("--ensembles", nargs="*", default=[], help="e.g. run_a+run_b")
     args = parser.parse_args()
 
-    runs = {name: outputs_dir() / "runs" / name for name in args.runs}
-    _, val_json = common_validation(list(runs.values()))
+    runs = [outputs_dir() / "runs" / name for name in args.runs]
+    _, val_json = common_validation(runs)
     coco = load_coco(val_json)
     classes = ClassTable.for_coco(coco.categories)
-    folders = {name: predict_run(run, val_json, args.data_root, "val", flips=["h"])
-               for name, run in runs.items()}
-    truth = truth_at_size(coco, classes, read_prediction_meta(next(iter(folders.values())))["size"])
+    folders = [predict_run(run, val_json, args.data_root, "val", flips=["h"]) for run in runs]
+    truth = truth_at_size(coco, classes, read_prediction_meta(folders[0])["size"])
+    # an equal-weight soft vote of the named members: weight 1 for them, 0 for the others
+    soft = {e.replace("+", " + "): [float(name in e.split("+")) for name in args.runs]
+            for e in args.ensembles}
+    table = score_ensembles(folders, truth, args.runs, soft=soft).table
 
+    per_class = table.drop(index="mIoU")
     print(f"| model | mIoU, {len(classes) - 1} classes | mIoU, {len(classes)} | "
           + " | ".join(classes.names) + " |")
-    for members in [[name] for name in runs] + [e.split("+") for e in args.ensembles]:
-        cm = ConfusionMatrix(classes.num_classes)
-        for image, _, label_map in iter_soft_vote([folders[m] for m in members]):
-            cm.update(label_map, truth[image["id"]])
-        iou = per_class_iou(cm.matrix)
-        print(f"| {' + '.join(members)} | {np.nanmean(iou[1:]):.4f} | {np.nanmean(iou):.4f} | "
-              + " | ".join(f"{x:.3f}" for x in iou) + " |", flush=True)
+    for column in table.columns:
+        iou = per_class[column]
+        print(f"| {column} | {iou.iloc[1:].mean():.4f} | {table.loc['mIoU', column]:.4f} | "
+              + " | ".join(f"{x:.3f}" for x in iou) + " |")
 
 
 if __name__ == "__main__":
