@@ -534,6 +534,10 @@ def greedy_selection(pred_dirs: Sequence[str | os.PathLike],
 ENSEMBLE_METHODS = ("soft", "hard", "greedy")
 
 
+def _same_file(recorded, path: Path) -> bool:
+    return bool(recorded) and Path(recorded).resolve() == Path(path).resolve()
+
+
 def predict_run(run_dir: str | os.PathLike, coco_file: str | os.PathLike,
                 data_root: str | os.PathLike, split: str, out_dir: str | os.PathLike | None = None,
                 checkpoint: str = "best", progress: bool = False, **predict_options) -> Path:
@@ -565,11 +569,14 @@ def predict_run(run_dir: str | os.PathLike, coco_file: str | os.PathLike,
             meta = read_prediction_meta(out_dir)
         except (SegkitError, ValueError):
             meta = {}
-        same = {"checkpoint": str(ckpt), "source": str(coco.path), "split": split}
-        same.update({k: list(v) if isinstance(v, tuple) else v
-                     for k, v in predict_options.items() if k in ("flips", "scales")})
+        same = {k: list(v) if isinstance(v, tuple) else v
+                for k, v in predict_options.items() if k in ("flips", "scales")}
+        same["split"] = split
+        # paths by what they point at: 05_predict may have written them relative or absolute
+        same_files = all(_same_file(meta.get(k), path)
+                         for k, path in (("checkpoint", ckpt), ("source", coco.path)))
         labels_ok = not predict_options.get("save_full_labels") or (out_dir / "labels").is_dir()
-        if labels_ok and all(meta.get(k) == v for k, v in same.items()):
+        if same_files and labels_ok and all(meta.get(k) == v for k, v in same.items()):
             return out_dir
     model = load_model(run_dir, checkpoint)
     check_model_classes(model, ClassTable.for_coco(coco.categories).names, str(coco.path))

@@ -154,24 +154,21 @@ def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
 
 
 
-def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
-                 progress: bool = True) -> list[Path]:
-    """Run a spec's notebooks in order; stops at the first failure (NotebookError naming the
-    step, the notebook, its failing cell and the executed copy). Returns the executed copies.
+def plan_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None
+                  ) -> list[tuple[str, dict, Path]]:
+    """A spec's steps as (notebook, parameters, executed copy), every step checked against the
+    parameters its notebook declares: a typo in the last step fails before the first one runs.
 
-    `overrides` replace shared parameters (e.g. data_root) for every step that declares them.
+    Example:
+        >>> [name for name, _, _ in plan_pipeline("notebooks/demo.yaml")][:2]  # doctest: +SKIP
+        ['01_eda', '02_split']
     """
-    from tqdm.auto import tqdm
-
     spec = load_spec(spec_path)
     shared = {**(spec.get("parameters") or {}), **(overrides or {})}
     out_root = outputs_dir()
-    executed = []
-    steps = spec["steps"]
-    bar = tqdm(steps, desc=spec["name"], disable=not progress)
-    for i, step in enumerate(bar, 1):
+    plan = []
+    for i, step in enumerate(spec["steps"], 1):
         name = Path(step["notebook"]).stem
-        bar.set_postfix_str(name)
         declared = set(notebook_parameters(name))
         params = {k: v for k, v in shared.items() if k in declared}
         params.update(step.get("parameters") or {})
@@ -181,6 +178,25 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
                               f"the notebook does not declare ({', '.join(sorted(declared))})")
         output = out_root / step["output"] if step.get("output") else \
             out_root / "pipelines" / spec["name"] / f"{name}.ipynb"
+        plan.append((name, params, output))
+    return plan
+
+
+def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
+                 progress: bool = True) -> list[Path]:
+    """Run a spec's notebooks in order (checked first, see `plan_pipeline`); stops at the first
+    failure (NotebookError naming the step, the notebook, its failing cell and the executed
+    copy). Returns the executed copies.
+
+    `overrides` replace shared parameters (e.g. data_root) for every step that declares them.
+    """
+    from tqdm.auto import tqdm
+
+    plan = plan_pipeline(spec_path, overrides)
+    executed = []
+    bar = tqdm(plan, desc=load_spec(spec_path)["name"], disable=not progress)
+    for i, (name, params, output) in enumerate(bar, 1):
+        bar.set_postfix_str(name)
         try:
             executed.append(run_notebook(name, output, params))
         except NotebookError as exc:

@@ -2,6 +2,7 @@
 they call."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -80,6 +81,8 @@ def test_07_ensemble_notebook(trained_run, second_run, sample_root, tmp_path):
     expected = ensemble.write_ensemble_submission(test_dirs, tmp_path / "expected.csv", "soft",
                                                   weights)
     assert csv.read_bytes() == expected.read_bytes()
+    # every member predicted with 05_predict's default TTA, so 05's folders are reused
+    assert all(json.loads((d / "meta.json").read_text())["flips"] == ["h"] for d in val_dirs)
 
 
 def test_07_single_run_and_bad_method(trained_run, sample_root, tmp_path):
@@ -213,7 +216,7 @@ def test_runs_of_a_fold_and_their_common_validation(trained_run, second_run, sam
     assert ensemble.find_runs(1, runs) == [runs / "other_fold"]
 
 
-def test_predict_run_reuses_a_complete_folder(trained_run, sample_root, tmp_path):
+def test_predict_run_reuses_a_complete_folder(trained_run, sample_root, tmp_path, monkeypatch):
     out = ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root,
                                "val", out_dir=tmp_path / "val")
     meta = out / "meta.json"
@@ -221,6 +224,16 @@ def test_predict_run_reuses_a_complete_folder(trained_run, sample_root, tmp_path
     again = ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root,
                                  "val", out_dir=tmp_path / "val")
     assert again == out and meta.stat().st_mtime_ns == stamp
+    # the same run and file named by relative paths (as 05_predict may record them): reused
+    monkeypatch.chdir(tmp_path)
+    again = ensemble.predict_run(os.path.relpath(trained_run.work_dir),
+                                 os.path.relpath(sample_root / "val.json"), sample_root, "val",
+                                 out_dir="val")
+    assert meta.stat().st_mtime_ns == stamp
+    # other TTA: predicted again
+    ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root, "val",
+                         out_dir=tmp_path / "val", flips=("h",))
+    assert json.loads(meta.read_text())["flips"] == ["h"]
     # another checkpoint: predicted again
     ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root, "val",
                          out_dir=tmp_path / "val", checkpoint="last")

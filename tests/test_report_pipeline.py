@@ -1,13 +1,18 @@
 """08_report, pipelines of notebooks, and the demo's spec."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from segkit.__main__ import main
 from segkit.errors import SegkitError
-from segkit.pipeline import DEMO_SPEC, NotebookError, load_spec, run_pipeline
+from segkit.paths import outputs_dir
+from segkit.pipeline import DEMO_SPEC, NotebookError, load_spec, plan_pipeline, run_pipeline
 from segkit.report import confused_pairs, runs_table
 from tests.conftest import notebook_text, run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_runs_table(trained_run):
@@ -32,9 +37,33 @@ def test_08_report_notebook(trained_run, tmp_path):
 
 
 def test_demo_spec_is_valid():
-    spec = load_spec(DEMO_SPEC)
-    names = [s["notebook"] for s in spec["steps"]]
+    names = [name for name, _, _ in plan_pipeline(DEMO_SPEC)]  # parameters checked too
     assert names[0] == "01_eda" and names[-1] == "08_report"
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "benchmarks").glob("*/*.yaml")),
+                         ids=lambda p: p.name)
+def test_benchmark_specs_are_valid(spec):
+    plan = plan_pipeline(spec, {"data_root": "/data/camvid"})
+    assert [name for name, _, _ in plan][-1] == "08_report"
+    assert all(params.get("data_root", "/data/camvid") == "/data/camvid" for _, params, _ in plan)
+    trained = [params["run_name"] for name, params, _ in plan if name == "04_train"]
+    assert trained and len(set(trained)) == len(trained)  # no run overwrites another
+
+
+def test_a_bad_parameter_in_a_late_step_fails_before_the_first_runs(sample_root, tmp_path):
+    spec = tmp_path / "late.yaml"
+    spec.write_text(f"""
+parameters: {{data_root: "{sample_root}"}}
+steps:
+  - notebook: 02_split
+    output: first/02.ipynb
+  - notebook: 07_ensemble
+    parameters: {{metod: soft}}
+""")
+    with pytest.raises(SegkitError, match=r"step 2 \(07_ensemble\) sets \['metod'\]"):
+        run_pipeline(spec, progress=False)
+    assert not (outputs_dir() / "first").exists()
 
 
 def test_pipeline_runs_steps_and_stops_at_failure(sample_root, tmp_path):
