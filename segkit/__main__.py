@@ -134,6 +134,41 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from segkit.coco import load_coco
+    from segkit.ensemble import predict_run
+    from segkit.paths import outputs_dir, resolve_output_path
+    from segkit.predict import evaluate, run_data
+    from segkit.sample import resolve_data_root
+    from segkit.submission import validate_submission
+
+    run_dir = resolve_output_path(args.run)
+    if not run_dir.is_dir() and (outputs_dir() / "runs" / args.run).is_dir():
+        run_dir = outputs_dir() / "runs" / args.run  # a bare run name
+    trained_root, trained_val = run_data(run_dir)
+    root = resolve_data_root(args.data_root) if args.data_root else trained_root
+    options = dict(checkpoint=args.checkpoint, flips=tuple(args.flips), scales=tuple(args.scales),
+                   out_size=tuple(args.size), progress=True)
+    for split in args.splits:
+        coco = load_coco(trained_val if split == "val" else root / args.test_file)
+        # full-size label maps for validation: scored at the size they were annotated at
+        out_dir = outputs_dir() / "predictions" / (args.name or run_dir.name) / split
+        out = predict_run(run_dir, coco.path, root, split, out_dir,
+                          save_full_labels=split == "val", **options)
+        if split == "val":
+            result = evaluate(out, coco)
+            print(result.per_class.round(4).to_string())
+            print(f"validation mIoU {result.miou:.4f} on {len(coco.images)} images "
+                  f"({coco.path}); predictions in {out}")
+        else:
+            csv = out / "submission.csv"
+            problems = validate_submission(csv, coco.path, size=tuple(args.size))
+            if problems:
+                raise SegkitError(f"{csv}: {problems[0]}")
+            print(f"submission: {csv} ({len(coco.images)} rows, valid for {coco.path})")
+    return 0
+
+
 def _cmd_pipeline(args) -> int:
     from segkit.pipeline import run_pipeline
 
@@ -167,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="e.g. fold=3 model=upernet_swin_l iters=80000 data_root=/data/trash")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="predict a run's validation fold (scored) and the test "
+                                       "images (submission CSV), as 05_predict does")
+    p.add_argument("run", help="a run folder, or a run name under outputs/runs")
+    p.add_argument("--splits", nargs="+", choices=["val", "test"], default=["val", "test"])
+    p.add_argument("--data-root", default=None, help="default: the data the run was trained on")
+    p.add_argument("--test-file", default="test.json", help="relative to the data root")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file")
+    p.add_argument("--flips", nargs="*", default=["h"], choices=["h", "v"],
+                   help="flip TTA (default: h; none: --flips with no value)")
+    p.add_argument("--scales", nargs="+", type=float, default=[1.0], help="TTA scale factors")
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="the submission's label map size")
+    p.add_argument("--name", default="", help="outputs/predictions/NAME/ (default: the run's)")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("pipeline", help="run notebooks in sequence from a YAML spec (papermill)")
     p.add_argument("spec", help="e.g. notebooks/demo.yaml")

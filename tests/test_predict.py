@@ -148,3 +148,30 @@ def test_prediction_uses_the_validation_scale(model, sample_root):
         model.segkit_input_scale = (96, 96)
     assert probs.shape == (1, 11, 96, 96)
     assert np.allclose(probs, manual, atol=1e-4)
+
+
+def test_predict_cli_scores_validation_and_writes_the_submission(trained_run, sample_root,
+                                                                  capsys):
+    import re
+
+    from segkit.__main__ import main
+    from segkit.paths import outputs_dir
+
+    assert main(["predict", str(trained_run.work_dir), "--flips", "--name", "cli"]) == 0
+    printed = capsys.readouterr().out
+    # no TTA, the best checkpoint, full size: what training's validation measured
+    miou = float(re.search(r"validation mIoU (\d\.\d+)", printed).group(1))
+    assert miou == pytest.approx(trained_run.best_miou, abs=1e-3)
+    csv = outputs_dir() / "predictions" / "cli" / "test" / "submission.csv"
+    assert f"submission: {csv}" in printed
+    assert validate_submission(csv, sample_root / "test.json") == []
+    meta = read_prediction_meta(outputs_dir() / "predictions" / "cli" / "val")
+    assert meta["flips"] == [] and meta["split"] == "val"
+
+
+def test_predict_cli_bad_run(tmp_path, capsys):
+    from segkit.__main__ import main
+
+    assert main(["predict", str(tmp_path / "no_run"), "--splits", "test"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no_run" in err and len(err.strip().splitlines()) == 1
