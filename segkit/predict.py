@@ -119,7 +119,7 @@ def load_model(run_dir: str | os.PathLike | None = None, checkpoint: str = "best
         raise SegkitError(f"{config}: config not found")
     model = init_model(str(config), str(ckpt), device=pick_device(device))
     model.eval()
-    model.segkit_checkpoint = str(ckpt)
+    model.segkit_checkpoint = str(Path(ckpt).resolve())  # meta.json means it from any folder
     model.segkit_input_scale = validation_scale(model.cfg)
     return model
 
@@ -330,7 +330,7 @@ def predict_dataset(model, coco, data_root, out_dir, *, split: str = "test",
                           checkpoint=getattr(model, "segkit_checkpoint", None),
                           flips=list(flips), scales=list(scales),
                           slide=list(slide) if slide else None, reduction=reduction,
-                          source=str(coco.path))
+                          source=str(Path(coco.path).resolve()))
     return out_dir
 
 

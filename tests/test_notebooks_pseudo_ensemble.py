@@ -230,6 +230,12 @@ def test_predict_run_reuses_a_complete_folder(trained_run, sample_root, tmp_path
                                  os.path.relpath(sample_root / "val.json"), sample_root, "val",
                                  out_dir="val")
     assert meta.stat().st_mtime_ns == stamp
+    # predicted from relative names, the folder records where they are from any folder
+    fresh = ensemble.predict_run(os.path.relpath(trained_run.work_dir), "../" + os.path.relpath(
+        sample_root / "val.json", tmp_path.parent), sample_root, "val", out_dir="fresh")
+    recorded = json.loads((fresh / "meta.json").read_text())
+    assert recorded["checkpoint"] == str(trained_run.best_checkpoint.resolve())
+    assert recorded["source"] == str((sample_root / "val.json").resolve())
     # other TTA: predicted again
     ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root, "val",
                          out_dir=tmp_path / "val", flips=("h",))
