@@ -6,8 +6,8 @@ and every `+`-joined ensemble is scored against the truth at that size. Prints m
 label values and over the classes without the first (CamVid's void), and the per-class IoU.
 
     SEGKIT_OUTPUTS=outputs/camvid .venv/bin/python benchmarks/camvid/score_runs.py \\
-        --data-root DATA --runs efficientnet_lite0_fold0 cv_w_320_224 \\
-        --ensembles efficientnet_lite0_fold0+cv_w_320_224
+        --data-root DATA --runs efficientnet_lite0_fold0_320 efficientnet_lite0_fold0 \\
+        --ensembles efficientnet_lite0_fold0_320+efficientnet_lite0_fold0
 """
 
 from __future__ import annotations
