@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ def outputs_dir() -> Path:
     return Path.cwd() / "outputs"
 
 
+@functools.lru_cache(maxsize=1)  # read once: setting it to read it races with other threads
 def _umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)

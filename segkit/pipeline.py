@@ -163,7 +163,10 @@ def plan_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None
         >>> [name for name, _, _ in plan_pipeline("notebooks/demo.yaml")][:2]  # doctest: +SKIP
         ['01_eda', '02_split']
     """
-    spec = load_spec(spec_path)
+    return _plan(load_spec(spec_path), spec_path, overrides)
+
+
+def _plan(spec: dict, spec_path, overrides: dict | None) -> list[tuple[str, dict, Path]]:
     shared = {**(spec.get("parameters") or {}), **(overrides or {})}
     out_root = outputs_dir()
     plan = []
@@ -192,9 +195,10 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
     """
     from tqdm.auto import tqdm
 
-    plan = plan_pipeline(spec_path, overrides)
+    spec = load_spec(spec_path)
+    plan = _plan(spec, spec_path, overrides)
     executed = []
-    bar = tqdm(plan, desc=load_spec(spec_path)["name"], disable=not progress)
+    bar = tqdm(plan, desc=spec["name"], disable=not progress)
     for i, (name, params, output) in enumerate(bar, 1):
         bar.set_postfix_str(name)
         try:
