@@ -26,12 +26,15 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segkit.classes import ClassTable
+from segkit.coco_checks import (  # noqa: F401  (validate and the tolerance live there)
+    OFF_IMAGE_TOLERANCE,
+    category_name_problems,
+    file_name_problem,
+    validate,
+)
 from segkit.errors import CocoError
 from segkit.paths import atomic_path, outputs_dir, write_text_atomic
-
-# A polygon point farther outside the image than this (pixels) is an error; nearer is clipped
-# by the rasteriser and counted as a warning (annotation tools often overshoot by a pixel).
-OFF_IMAGE_TOLERANCE = 2.0
+from segkit.rle import decode_rle_counts as _decode_counts
 
 
 @dataclass
@@ -70,21 +73,33 @@ def read_json(path: str | os.PathLike) -> tuple[object, bytes]:
     except FileNotFoundError:
         raise CocoError(f"{path}: file not found") from None
     except OSError as exc:
-        raise CocoError(f"{path}: cannot read ({exc.strerror})") from None
+        raise CocoError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if raw[:2] == b"\x1f\x8b":
+        raise CocoError(f"{path}: gzip-compressed, not JSON text (decompress it first)")
     try:
         return json.loads(raw), raw
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise CocoError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise CocoError(f"{path}: not valid JSON ({exc})") from None
 
 
-def load_coco(path: str | os.PathLike) -> Coco:
+def load_coco(path: str | os.PathLike, *, require_annotations: bool = False,
+              allow_outside_root: bool = False, classes: ClassTable | None = None) -> Coco:
     """Load and validate a COCO file; the first problem raises a CocoError naming the file and id.
 
     Coordinates slightly off the image are clipped and counted in `Coco.warnings`.
+    `require_annotations`: refuse a file without annotations (training needs them).
+    `allow_outside_root`: accept file_name entries that are absolute or contain `..`.
+    `classes`: the class table every category name must belong to.
+
+    Example:
+        >>> train = load_coco("data/train.json", require_annotations=True)  # doctest: +SKIP
     """
     path = Path(path)
     data, raw = read_json(path)
-    problems, warnings = validate(data, str(path))
+    problems, warnings = validate(data, str(path), allow_outside_root=allow_outside_root,
+                                  classes=classes, require_annotations=require_annotations)
     if problems:
         more = f" (and {len(problems) - 1} more problems: run `python -m segkit check-coco`)" \
             if len(problems) > 1 else ""
@@ -95,108 +110,37 @@ def load_coco(path: str | os.PathLike) -> Coco:
                 digest=hashlib.sha1(raw).hexdigest(), warnings=warnings)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def check_same_categories(files: Iterable[str | os.PathLike | Coco]) -> list[dict]:
+    """The categories shared by the files of one run (train, val, test), or a CocoError.
 
+    Categories map to classes by name, and a class table is built from one file's categories
+    in id order: files that differ in their names (or their order) would label the same class
+    differently. Ids may differ only where the names keep their order. An explicit Background
+    category is ignored (it is class 0 either way). Returns the first file's categories.
 
-def validate(data: object, source: str) -> tuple[list[str], list[str]]:
-    """Every problem and warning in a parsed COCO dict, each naming `source` and the entry."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    if not isinstance(data, dict):
-        return [f"{source}: top level must be a JSON object, got {type(data).__name__}"], []
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            problems.append(f"{source}: missing key {key!r} (a list)")
-    if "annotations" in data and not isinstance(data["annotations"], list):
-        problems.append(f"{source}: 'annotations' must be a list")
-    if problems:
-        return problems, warnings
+    Example:
+        >>> check_same_categories(["fold0_train.json", "fold0_val.json", "test.json"])  # doctest: +SKIP
+    """
+    from segkit.classes import BACKGROUND
 
-    categories = {}
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            problems.append(f"{source}: categories[{i}] needs 'id' and 'name'")
-        elif cat["id"] in categories:
-            problems.append(f"{source}: duplicate category id {cat['id']}")
-        else:
-            categories[cat["id"]] = cat["name"]
-    names = list(categories.values())
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"{source}: category name {name!r} used by more than one id")
-
-    images = {}
-    for i, img in enumerate(data["images"]):
-        missing = [k for k in ("id", "file_name", "width", "height")
-                   if not isinstance(img, dict) or k not in img]
-        if missing:
-            ident = img.get("id", f"at index {i}") if isinstance(img, dict) else f"at index {i}"
-            problems.append(f"{source}: image {ident} is missing {', '.join(missing)}")
-        elif img["id"] in images:
-            problems.append(f"{source}: duplicate image id {img['id']}")
-        elif not (isinstance(img["width"], int) and isinstance(img["height"], int)
-                  and img["width"] > 0 and img["height"] > 0):
-            problems.append(f"{source}: image {img['id']} has width/height "
-                            f"{img['width']!r}x{img['height']!r}, not positive integers")
-        else:
-            images[img["id"]] = img
-
-    seen_ann_ids = set()
-    for i, ann in enumerate(data.get("annotations", [])):
-        missing = [k for k in ("id", "image_id", "category_id", "segmentation")
-                   if not isinstance(ann, dict) or k not in ann]
-        if missing:
-            ident = ann.get("id", f"at index {i}") if isinstance(ann, dict) else f"at index {i}"
-            problems.append(f"{source}: annotation {ident} is missing {', '.join(missing)}")
+    reference = None
+    for item in files:
+        coco = item if isinstance(item, Coco) else load_coco(item)
+        names = [c["name"] for c in sorted(coco.categories, key=lambda c: c["id"])
+                 if c["name"] != BACKGROUND]
+        if reference is None:
+            reference = (coco, names)
             continue
-        aid = ann["id"]
-        if aid in seen_ann_ids:
-            problems.append(f"{source}: duplicate annotation id {aid}")
-            continue
-        seen_ann_ids.add(aid)
-        if ann["category_id"] not in categories:
-            problems.append(f"{source}: annotation {aid} has unknown category_id {ann['category_id']}")
-        img = images.get(ann["image_id"])
-        if img is None:
-            problems.append(f"{source}: annotation {aid} points at unknown image_id {ann['image_id']}")
-            continue
-        _check_segmentation(ann["segmentation"], img, f"{source}: annotation {aid} "
-                            f"(image {img['id']})", problems, warnings)
-    return problems, warnings
-
-
-def _check_segmentation(seg, img: dict, where: str, problems: list, warnings: list) -> None:
-    h, w = img["height"], img["width"]
-    if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2):
-            problems.append(f"{where}: RLE without a [height, width] 'size'")
-        elif list(size) != [h, w]:
-            problems.append(f"{where}: RLE size {size} disagrees with the image's [{h}, {w}]")
-        elif isinstance(counts, list):
-            if sum(counts) != h * w or any(not isinstance(c, int) or c < 0 for c in counts):
-                problems.append(f"{where}: uncompressed RLE counts do not add up to {h}x{w}")
-        elif not isinstance(counts, str):
-            problems.append(f"{where}: RLE 'counts' must be a string or a list of integers")
-        return
-    if not isinstance(seg, list) or not seg:
-        problems.append(f"{where}: segmentation must be polygons (a list of lists) or an RLE dict")
-        return
-    for k, poly in enumerate(seg):
-        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
-            problems.append(f"{where}: polygon {k} is not a flat list of numbers")
-        elif len(poly) % 2:
-            problems.append(f"{where}: polygon {k} has an odd number of coordinates ({len(poly)})")
-        elif len(poly) < 6:
-            problems.append(f"{where}: polygon {k} has {len(poly) // 2} points; 3 are needed")
-        else:
-            xs, ys = poly[0::2], poly[1::2]
-            over = max(-min(xs), max(xs) - w, -min(ys), max(ys) - h)
-            if over > OFF_IMAGE_TOLERANCE:
-                problems.append(f"{where}: polygon {k} reaches {over:.1f}px outside the "
-                                f"{w}x{h} image")
-            elif over > 0:
-                warnings.append(f"{where}: polygon {k} is {over:.1f}px off the image (clipped)")
+        first, first_names = reference
+        if names != first_names:
+            missing = [n for n in first_names if n not in names]
+            extra = [n for n in names if n not in first_names]
+            detail = (f"missing {missing}" if missing else "") + \
+                     ("; " if missing and extra else "") + (f"extra {extra}" if extra else "")
+            raise CocoError(f"{coco.path}: categories differ from {first.path}'s "
+                            f"({detail or 'same names in another id order'}): the files of one "
+                            "run must share one class table")
+    return reference[0].categories if reference else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,41 +157,6 @@ def _compressed_rle(seg, h: int, w: int) -> bytes:
     rles = mask_utils.frPyObjects(seg, h, w)
     rle = rles[0] if len(rles) == 1 else mask_utils.merge(rles)
     return rle["counts"]
-
-
-def _decode_counts(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Run lengths of many compressed RLE strings at once, and which string each belongs to.
-
-    pycocotools packs each count in 5-bit chunks (bit 0x20: more chunks follow, bit 0x10 of the
-    last chunk: negative) and stores counts from the fourth on as a delta to the count two
-    before. Decoding all strings of an image in a few numpy passes is what makes rasterising
-    fast: pycocotools' own decode writes a full HxW mask per annotation.
-    """
-    lengths = np.fromiter(map(len, strings), np.int64, len(strings))
-    chars = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
-    last = (chars & 0x20) == 0  # this char ends a number
-    ends = np.flatnonzero(last)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    number_of_char = np.cumsum(last) - last
-    chunk = np.arange(len(chars)) - starts[number_of_char]
-    values = np.add.reduceat((chars & 0x1F) << (5 * chunk), starts)
-    negative = (chars[ends] & 0x10) != 0
-    values[negative] -= np.left_shift(1, 5 * (chunk[ends][negative] + 1))
-
-    numbers_per_string = np.diff(np.concatenate(([0], np.cumsum(last)[np.cumsum(lengths) - 1])))
-    owner = np.repeat(np.arange(len(strings)), numbers_per_string)
-    first = np.concatenate(([0], np.cumsum(numbers_per_string)[:-1]))
-    j = np.arange(len(values)) - first[owner]
-    counts = values.copy()
-    for parity in (0, 1):  # delta chains: j = 2, 4, 6, ... and j = 1, 3, 5, ...
-        idx = np.flatnonzero((j % 2 == parity) & (j >= 1))
-        if not len(idx):
-            continue
-        running = np.cumsum(values[idx])
-        chain_start = np.concatenate(([True], owner[idx][1:] != owner[idx][:-1]))
-        base = np.maximum.accumulate(np.where(chain_start, np.arange(len(idx)), 0))
-        counts[idx] = running - np.concatenate(([0], running))[base]
-    return counts, owner
 
 
 def rasterize(segmentations: list, class_indices: Iterable[int], height: int, width: int
@@ -365,22 +274,45 @@ def read_image(data_root: str | os.PathLike, image: dict) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as cv2 (and so mmcv) decodes it, reading the header and
+    the last bytes only; an image whose end marker is missing is decoded fully to tell a
+    truncated file from one with trailing data. Raises OSError for unreadable files."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size
+        fmt = im.format
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation: cv2 applies it
+            width, height = height, width
+        tail_ok = True
+        if fmt in ("JPEG", "PNG"):
+            with open(path, "rb") as f:
+                f.seek(max(os.fstat(f.fileno()).st_size - 64, 0))
+                tail = f.read()
+            tail_ok = (tail.rstrip(b"\0").endswith(b"\xff\xd9") if fmt == "JPEG"
+                       else b"IEND" in tail[-12:])
+        if not tail_ok:
+            im.load()  # raises OSError for a truncated file
+    return width, height
+
+
 def check_images(coco: Coco, data_root: str | os.PathLike) -> list[str]:
-    """Problems with the image files of `coco`: missing, unreadable or of another size.
-    Reads only the file headers."""
+    """Problems with the image files of `coco`: missing, unreadable, truncated or of another
+    size than the JSON says. Reads the file headers (and ends), not the pixels."""
     from PIL import Image
 
     problems = []
     for img in coco.images:
         path = image_path(data_root, img)
         try:
-            with Image.open(path) as im:
-                size = im.size
+            size = _image_size(path)
         except FileNotFoundError:
             problems.append(f"{path}: image file missing (image id {img['id']})")
             continue
-        except OSError:
-            problems.append(f"{path}: image file unreadable (image id {img['id']})")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            why = "truncated" if "truncated" in str(exc) else "unreadable"
+            problems.append(f"{path}: image file {why} (image id {img['id']}): {exc}")
             continue
         if size != (img["width"], img["height"]):
             problems.append(f"{path}: image is {size[0]}x{size[1]} but {coco.path} says "
@@ -388,14 +320,38 @@ def check_images(coco: Coco, data_root: str | os.PathLike) -> list[str]:
     return problems
 
 
-def check_coco(path: str | os.PathLike, data_root: str | os.PathLike | None = None
+def check_image_files(coco: Coco, data_root: str | os.PathLike, limit: int = 5) -> None:
+    """Raise one CocoError listing the first `limit` images of `coco` that training could not
+    read (missing, unreadable, truncated, or another size than the JSON's), before the first
+    iteration rather than hours into a run.
+
+    Example:
+        >>> check_image_files(load_coco("data/train.json"), "data")     # doctest: +SKIP
+    """
+    problems = check_images(coco, data_root)
+    if problems:
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise CocoError(f"{coco.path}: {len(problems)} of its {len(coco.images)} images cannot "
+                        "be used:\n  " + "\n  ".join(problems[:limit]) + more)
+
+
+def check_coco(path: str | os.PathLike, data_root: str | os.PathLike | None = None, *,
+               allow_outside_root: bool = False, classes: ClassTable | None = None
                ) -> tuple[list[str], list[str]]:
-    """Every problem and warning of an annotation file (and its images, given a data root)."""
+    """Every problem and warning of an annotation file (and its images, given a data root).
+
+    A file without an 'annotations' key is a warning here (a test file has none) and an error
+    for training (`load_coco(..., require_annotations=True)`).
+    """
     try:
         data, _ = read_json(path)
     except CocoError as exc:
         return [str(exc)], []
-    problems, warnings = validate(data, str(path))
+    problems, warnings = validate(data, str(path), allow_outside_root=allow_outside_root,
+                                  classes=classes)
+    if isinstance(data, dict) and "annotations" not in data:
+        warnings.append(f"{path}: no 'annotations' key: fine for a test file, an error for "
+                        "training")
     if not problems and data_root is not None:
         coco = Coco(Path(path), data["images"], data.get("annotations", []), data["categories"])
         problems += check_images(coco, data_root)

@@ -27,9 +27,9 @@ Example:
 from __future__ import annotations
 
 import bisect
-import csv
 import itertools
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +47,7 @@ _SPACE = ord(" ")
 _ZERO = ord("0")
 _READ_BUFFER = 1 << 20  # rows are ~128 KB: read in large chunks, not 8 KB ones
 _MAX_VALUE_DIGITS = 3   # a uint8 class index has at most three digits
+MAX_PROBLEMS = 1000     # validate_submission stops listing there (a binary file has no end)
 
 # Each value 0..255 as the little-endian uint32 word of its digits and a trailing space,
 # zero-padded: "7 " -> b"7 \0\0". Gathering words and dropping the zero bytes yields a row.
@@ -155,6 +156,9 @@ class _RowDecoder:
             start = text.rfind(b" ", 0, first) + 1
             end = text.find(b" ", first)
             token = text[start: end if end >= 0 else n][:20].decode("utf-8", "replace")
+            if token[:1] == "-" and token[1:].isdigit() and token[1:].isascii():
+                return None, [f"value {token} at {_pixel(position, self.size)} is negative: "
+                              f"outside 0..{self.num_classes - 1}"]
             return None, [f"non-integer text {token!r} at {_pixel(position, self.size)}"]
         if is_space[0] or is_space[-1]:
             return None, ["values must be separated by single spaces: the PredictionString "
@@ -361,8 +365,34 @@ def _header_problem(line: bytes) -> str | None:
     return f"header must be {HEADER!r}, got {shown!r}"
 
 
-def _lines(path: Path) -> Iterator[tuple[int, memoryview]]:
-    """(row number, line without its line ending), header included as row 1.
+# Compressed or binary files are refused by their first bytes, before any parsing.
+_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive",
+          b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed",
+          b"\x28\xb5\x2f\xfd": "zstd-compressed", b"7z\xbc\xaf\x27\x1c": "a 7z archive"}
+
+
+def _binary_problem(start: bytes) -> str | None:
+    """Why a file starting with these bytes is no submission CSV, or None."""
+    for magic, what in _MAGIC.items():
+        if start.startswith(magic):
+            return f"{what}, not a CSV text file (decompress it first)"
+    nul = start.find(b"\0")
+    if nul >= 0:
+        return (f"binary data (a NUL byte at offset {nul}), not a CSV text file (UTF-16 text "
+                "also has them: save it as UTF-8)")
+    return None
+
+
+def _max_line(size: tuple[int, int]) -> int:
+    """The longest a row can be: 3 digits and a space per value, plus an image_id."""
+    return 4 * size[0] * size[1] + 65536
+
+
+def _lines(path: Path, max_line: int | None = None
+           ) -> Iterator[tuple[int, memoryview, bool]]:
+    """(row number, line without its line ending, whether a line break ended it), header
+    included as row 1. A compressed or binary file, or a line longer than `max_line`,
+    raises a SubmissionError.
 
     Lines are views into one reused buffer, valid until the next line is taken: a fresh
     128 KB bytes object per row costs more in page faults than parsing it.
@@ -372,15 +402,19 @@ def _lines(path: Path) -> Iterator[tuple[int, memoryview]]:
     except FileNotFoundError:
         raise SubmissionError(f"{path}: file not found") from None
     except OSError as exc:
-        raise SubmissionError(f"{path}: cannot read ({exc.strerror})") from None
+        raise SubmissionError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with f:
         buffer = bytearray(_READ_BUFFER)
         start = end = 0   # the unread bytes are buffer[start:end]
         row = 0
         at_eof = False
+        first_read = True
         while True:
             newline = buffer.find(b"\n", start, end)
             if newline < 0 and not at_eof:
+                if max_line is not None and end - start > max_line:
+                    raise SubmissionError(f"{path} row {row + 1}: more than {max_line} bytes "
+                                          "without a line break: not a submission row")
                 # Move the partial line to the front (a bigger buffer if it is full), refill.
                 if end - start == len(buffer):
                     buffer = buffer + bytearray(len(buffer))  # a new object: views stay valid
@@ -389,15 +423,25 @@ def _lines(path: Path) -> Iterator[tuple[int, memoryview]]:
                 read = f.readinto(memoryview(buffer)[end:])
                 at_eof = not read
                 end += read or 0
+                if first_read:
+                    first_read = False
+                    problem = _binary_problem(bytes(buffer[:end]))
+                    if problem:
+                        raise SubmissionError(f"{path}: {problem}")
                 continue
-            if newline < 0:  # the last line has no newline
-                if start == end:
-                    return
-                newline = end
             row += 1
+            if newline < 0:  # the last line has no line break
+                if start < end:
+                    stop = end - 1 if buffer[end - 1] == 13 else end
+                    yield row, memoryview(buffer)[start:stop], False
+                return
             stop = newline - 1 if newline > start and buffer[newline - 1] == 13 else newline
-            yield row, memoryview(buffer)[start:stop]
+            yield row, memoryview(buffer)[start:stop], True
             start = newline + 1
+
+
+def _unterminated(terminated: bool) -> str:
+    return "" if terminated else " (the file ends here without a line break: truncated?)"
 
 
 def _split_row(line: bytes | memoryview) -> tuple[str, bytes | memoryview]:
@@ -408,11 +452,18 @@ def _split_row(line: bytes | memoryview) -> tuple[str, bytes | memoryview]:
     comma = head.find(b",")
     if comma < 0 and len(line) > len(head):
         comma = bytes(line).find(b",")
-    if head.startswith(b'"'):  # tolerate a CSV-quoted image_id (rare, so the csv module)
-        fields = next(csv.reader([bytes(line).decode("utf-8")]))
-        if len(fields) != 2:
-            raise ValueError(f"expected 2 fields, got {len(fields)}")
-        name, text = fields[0], memoryview(fields[1].encode())
+    if head.startswith(b'"'):  # a CSV-quoted image_id ("" inside stands for one quote)
+        close = re.match(rb'"((?:[^"]|"")*)"', head)
+        if close is None or head[close.end(): close.end() + 1] != b",":
+            raise ValueError("a quoted image_id must be closed by a quote and a comma")
+        quoted, comma = close.group(1), close.end()
+        try:
+            name = quoted.replace(b'""', b'"').decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("image_id is not valid UTF-8") from None
+        text = line[comma + 1:]
+        if len(text) >= 2 and text[0] == 34 and text[-1] == 34:  # a quoted PredictionString
+            text = text[1:-1]
     else:
         if comma < 0:
             raise ValueError("no comma between image_id and PredictionString")
@@ -440,7 +491,7 @@ def iter_submission(path: str | os.PathLike, num_classes: int = NUM_CLASSES,
     """
     size = _check_parameters(num_classes, size)
     path = Path(path)
-    lines = _lines(path)
+    lines = _lines(path, _max_line(size))
     first = next(lines, None)
     if first is None:
         raise SubmissionError(f"{path}: empty file (no header)")
@@ -448,14 +499,15 @@ def iter_submission(path: str | os.PathLike, num_classes: int = NUM_CLASSES,
     if problem:
         raise SubmissionError(f"{path} row 1: {problem}")
     decoder = _RowDecoder(num_classes, size)
-    for row, line in lines:
+    for row, line, terminated in lines:
         try:
             name, text = _split_row(line)
         except ValueError as exc:
-            raise SubmissionError(f"{path} row {row}: {exc}") from None
+            raise SubmissionError(f"{path} row {row}: {exc}{_unterminated(terminated)}") from None
         values, problems = decoder.decode(text)
         if problems:
-            raise SubmissionError(f"{path} row {row} (image {name!r}): {problems[0]}")
+            raise SubmissionError(f"{path} row {row} (image {name!r}): {problems[0]}"
+                                  f"{_unterminated(terminated)}")
         yield row, name, values
 
 
@@ -533,8 +585,8 @@ def validate_submission(path: str | os.PathLike, test_json: str | os.PathLike,
     problems: list[str] = []
     first_row: dict[str, int] = {}      # image_id -> the row it first appears on
     in_test_order: list[tuple[int, str]] = []  # (row, image_id) of known ids, first occurrences
-    lines = _lines(path)
-    first = next(lines, None)
+    lines = _lines(path, _max_line(size))
+    first = next(lines, None)  # a missing, compressed or binary file raises a SubmissionError
     if first is None:
         return [f"{path}: empty file (no header)"]
     pending = []
@@ -544,18 +596,26 @@ def validate_submission(path: str | os.PathLike, test_json: str | os.PathLike,
         problems.append(f"{path} row 1: {problem}")
         # A data row where the header should be: check it as a row too.
         if header.partition(b",")[0].decode("utf-8", "replace") in test_position:
-            pending.append((1, header))
+            pending.append((1, header, first[2]))
 
     decoder = _RowDecoder(num_classes, size)
-    for row, line in itertools.chain(pending, lines):
+    rows = itertools.chain(pending, lines)
+    while len(problems) < MAX_PROBLEMS:
+        try:
+            row, line, terminated = next(rows)
+        except StopIteration:
+            break
+        except SubmissionError as exc:  # a line far too long: the rest is not rows either
+            problems.append(str(exc))
+            break
         try:
             name, text = _split_row(line)
         except ValueError as exc:
-            problems.append(f"{path} row {row}: {exc}")
+            problems.append(f"{path} row {row}: {exc}{_unterminated(terminated)}")
             continue
         where = f"{path} row {row} (image {name!r})"
         _, row_problems = decoder.decode(text)
-        problems.extend(f"{where}: {p}" for p in row_problems)
+        problems.extend(f"{where}: {p}{_unterminated(terminated)}" for p in row_problems)
         if name in first_row:
             problems.append(f"{where}: duplicate image_id (first on row {first_row[name]})")
         elif name not in test_position:
@@ -564,6 +624,9 @@ def validate_submission(path: str | os.PathLike, test_json: str | os.PathLike,
         else:
             first_row[name] = row
             in_test_order.append((row, name))
+    else:
+        problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
+        return problems
 
     in_order = _longest_increasing([test_position[name] for _, name in in_test_order])
     for k, (row, name) in enumerate(in_test_order):

@@ -168,7 +168,7 @@ GOOD = " ".join(["1"] * 64)
     (HEADER, ["a.jpg," + " ".join(["1"] * 5 + ["2.0"] + ["1"] * 58)],
      "non-integer text '2.0' at pixel 5"),
     (HEADER, ["a.jpg," + " ".join(["1"] * 5 + ["-1"] + ["1"] * 58)],
-     "non-integer text '-1' at pixel 5"),
+     "value -1 at pixel 5 (y=0, x=5) is negative: outside 0..10"),
     (HEADER, ["a.jpg," + " ".join(["1"] * 5 + ["0001"] + ["1"] * 58)],
      "a value at pixel 5 (y=0, x=5) has more than 3 digits"),
     (HEADER, ["a.jpg,1  " + " ".join(["1"] * 63)], "two spaces before pixel 1"),
@@ -333,3 +333,121 @@ def test_cli_check_submission_counts_classes_from_the_test_json(tmp_path, capsys
     assert main(["check-submission", str(path), "--test-json", str(test_file),
                  "--size", "8", "8"]) == 2
     assert "outside 0..3" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input (issue 15): files that are not what they claim, refused with one clear message
+# ---------------------------------------------------------------------------------------------
+
+def test_no_final_newline_reads_the_same(tmp_path, test_json):
+    maps = random_maps(3)
+    full = write_submission(tmp_path / "full.csv", NAMES, maps, size=SIZE)
+    bare = tmp_path / "bare.csv"
+    bare.write_bytes(full.read_bytes()[:-1])
+    names, values = read_submission(bare, size=SIZE)
+    expected_names, expected = read_submission(full, size=SIZE)
+    assert names == expected_names and np.array_equal(values, expected)
+    assert validate_submission(bare, test_json, size=SIZE) == []
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(full.read_bytes().replace(b"\n", b"\r\n")[:-2])
+    assert np.array_equal(read_submission(crlf, size=SIZE)[1], expected)
+
+
+def test_hard_vote_accepts_an_input_without_final_newline(tmp_path):
+    from segkit.vote import hard_vote
+
+    maps = random_maps(3)
+    a = write_submission(tmp_path / "a.csv", NAMES, maps, size=SIZE)
+    b = tmp_path / "b.csv"
+    b.write_bytes(a.read_bytes()[:-1])
+    out = hard_vote([a, b], tmp_path / "vote.csv", size=SIZE)
+    assert out.read_bytes() == a.read_bytes()
+
+
+@pytest.mark.parametrize("cut", [30, 100, 171, -50, -3])
+def test_a_truncated_file_is_refused_with_a_hint(tmp_path, test_json, cut):
+    """(A cut that only drops the final line break, or the last digit of a final "10", leaves
+    a valid file: nothing can tell it from one written so.)"""
+    full = write_submission(tmp_path / "full.csv", NAMES, random_maps(3), size=SIZE).read_bytes()
+    path = tmp_path / "cut.csv"
+    path.write_bytes(full[:cut])
+    problems = validate_submission(path, test_json, size=SIZE)
+    assert problems and all(p.startswith(str(path)) for p in problems)
+    assert len(problems) <= 4
+    if full[:cut][-1:] != b"\n" and b"\n" in full[:cut]:
+        assert "truncated?" in problems[0] or "missing image" in problems[0]
+    with pytest.raises(SubmissionError, match=str(path)):
+        read_submission(path, size=SIZE)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("gzip", "gzip-compressed, not a CSV text file"),
+    ("zip", "a zip archive, not a CSV text file"),
+    ("utf16", "binary data (a NUL byte at offset 1)"),
+    ("random", "binary data"),
+])
+def test_compressed_or_binary_files_are_refused(tmp_path, test_json, kind, message):
+    import gzip
+    import io
+    import zipfile
+
+    text = write_submission(tmp_path / "s.csv", NAMES, random_maps(3), size=SIZE).read_bytes()
+    if kind == "gzip":
+        data = gzip.compress(text)
+    elif kind == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as z:
+            z.writestr("s.csv", text)
+        data = buffer.getvalue()
+    elif kind == "utf16":
+        data = text.decode().encode("utf-16-le")
+    else:
+        data = np.random.default_rng(0).integers(0, 256, 200_000, np.uint8).tobytes()
+        data = data.replace(b"\n", b"") + b"\0"
+    path = tmp_path / "bad.csv"
+    path.write_bytes(data)
+    with pytest.raises(SubmissionError, match=f"{path}: {message}".replace("(", r"\(")
+                       .replace(")", r"\)")):
+        validate_submission(path, test_json, size=SIZE)
+    with pytest.raises(SubmissionError, match=str(path)):
+        read_submission(path, size=SIZE)
+
+
+def test_negative_values_are_out_of_range_in_validation(tmp_path, test_json):
+    path = tmp_path / "sub.csv"
+    rows = rows_for(NAMES)
+    rows[1] = f"{NAMES[1]}," + " ".join(["1"] * 7 + ["-1"] + ["1"] * 56)
+    write_text(path, rows)
+    assert validate_submission(path, test_json, size=SIZE) == [
+        f"{path} row 3 (image '{NAMES[1]}'): value -1 at pixel 7 (y=0, x=7) is negative: "
+        "outside 0..10"]
+
+
+def test_a_line_far_too_long_stops_the_reader(tmp_path, test_json):
+    path = tmp_path / "sub.csv"
+    path.write_bytes((HEADER + "\n").encode() + b"1 " * 200_000)
+    problems = validate_submission(path, test_json, size=SIZE)
+    assert problems[0] == (f"{path} row 2: more than {4 * 64 + 65536} bytes without a line "
+                           "break: not a submission row")
+    with pytest.raises(SubmissionError, match="without a line break"):
+        read_submission(path, size=SIZE)
+
+
+def test_problem_list_is_bounded(tmp_path, test_json):
+    path = tmp_path / "sub.csv"
+    write_text(path, ["x"] * 5000)
+    problems = validate_submission(path, test_json, size=SIZE)
+    assert len(problems) == 1001 and problems[-1] == f"{path}: stopped after 1000 problems"
+
+
+def test_quoted_image_id_with_a_full_size_row(tmp_path):
+    """A quoted image_id no longer goes through the csv module (its 128 KB field limit)."""
+    label = np.full((256, 256), 10, np.uint8)
+    path = write_submission(tmp_path / "s.csv", ["a.jpg"], [label])
+    text = path.read_bytes().replace(b"\na.jpg,", b'\n"a.jpg",')
+    path.write_bytes(text)
+    names, values = read_submission(path)
+    assert names == ["a.jpg"] and (values == 10).all()
+    path.write_bytes(text.replace(b'"a.jpg",', b'"a.jpg,'))
+    with pytest.raises(SubmissionError, match="row 2: a quoted image_id must be closed"):
+        read_submission(path)
