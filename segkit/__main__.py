@@ -71,9 +71,29 @@ def _cmd_ensemble(args) -> int:
 def _cmd_split(args) -> int:
     from segkit.split import split_file
 
-    written = split_file(args.file, args.out, n_splits=args.n_splits, seed=args.seed, by=args.by)
-    print(f"wrote {len(written)} files ({args.n_splits} folds, stratified by {args.by}) "
+    written = split_file(args.file, args.out, n_splits=args.n_splits, seed=args.seed, by=args.by,
+                         group_by=args.group_by)
+    grouped = f", grouped by {args.group_by}" if args.group_by else ""
+    print(f"wrote {len(written)} files ({args.n_splits} folds, stratified by {args.by}{grouped}) "
           f"to {written[0].parent}")
+    return 0
+
+
+def _cmd_duplicates(args) -> int:
+    from pathlib import Path
+
+    from segkit.coco import load_coco
+    from segkit.near_duplicates import clusters, near_duplicates
+
+    coco = load_coco(args.file)
+    root = Path(args.data_root) if args.data_root else coco.path.parent
+    pairs = near_duplicates(coco, root, threshold=args.threshold, processes=args.processes)
+    for row in pairs.itertuples(index=False):
+        print(f"{row.image_a}\t{row.image_b}\t{row.file_a}\t{row.file_b}\t"
+              f"phash {row.phash_distance}\tdhash {row.dhash_distance}")
+    n_clusters = clusters(pairs)["cluster"].nunique()
+    print(f"{len(pairs)} near-duplicate pairs (both hashes within {args.threshold} bits) in "
+          f"{n_clusters} clusters among {len(coco.images)} images of {coco.path}")
     return 0
 
 
@@ -263,7 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--by", choices=["annotations", "pixels"], default="annotations",
                    help="stratify annotation counts (default) or pixel shares per class")
+    p.add_argument("--group-by", default=None,
+                   help="keep each group in one fold: regex:PATTERN (on the file's base name, "
+                        "e.g. 'regex:^(\\w+?)_'), field:NAME (an image field, e.g. "
+                        "field:video_id) or frames:GAP (runs of frame numbers); default: the "
+                        "image")
     p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("duplicates", help="print the near-duplicate image pairs of a COCO file "
+                                          "(perceptual hashes, cached)")
+    p.add_argument("file", help="the annotation file, e.g. train_all.json")
+    p.add_argument("--data-root", default=None,
+                   help="folder the file_name entries are relative to (default: the file's)")
+    p.add_argument("--threshold", type=int, default=10,
+                   help="most differing bits of 64, for both pHash and dHash (default 10)")
+    p.add_argument("--processes", type=int, default=2, help="hashing processes (default 2)")
+    p.set_defaults(func=_cmd_duplicates)
 
     p = sub.add_parser("copy-paste", help="paste rare-class instances onto background-heavy "
                                           "images; writes outputs/copy_paste/NAME/")

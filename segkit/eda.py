@@ -1,4 +1,5 @@
-"""What is in the data: per-class statistics as pandas tables.
+"""What is in the data: per-class statistics as pandas tables (near-duplicate images:
+`segkit.near_duplicates`).
 
 Two tables carry everything, and every other table is derived from them:
 
@@ -242,6 +243,27 @@ def background_share(pixels: pd.DataFrame) -> pd.Series:
     share = (pixels[BACKGROUND] / totals.where(totals > 0)).fillna(0.0).rename("background_share")
     order = np.lexsort((share.index.to_numpy(), -share.to_numpy()))
     return share.iloc[order]
+
+
+def background_table(pixels: pd.DataFrame, coco: Coco, top: int = 10) -> pd.DataFrame:
+    """The `top` images that are most background (candidates for copy-paste targets): index
+    image_id, columns background_share, file_name, objects (annotations in the image); order
+    of `background_share`.
+
+    Example:
+        >>> background_table(pixel_counts(coco, TRASH), coco, top=10)    # doctest: +SKIP
+    """
+    if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 0:
+        raise ParameterError(f"top must be a non-negative integer, got {top!r}")
+    unknown = set(pixels.index) - coco.image_by_id.keys()
+    if unknown:
+        raise ParameterError(f"the pixels table has image ids that {coco.path} does not: "
+                             f"{sorted(unknown)[:5]}")
+    table = background_share(pixels).head(int(top)).to_frame()
+    table["file_name"] = [coco.image_by_id[i]["file_name"] for i in table.index]
+    table["objects"] = np.asarray([len(coco.annotations_by_image[i]) for i in table.index],
+                                  np.int64)
+    return table
 
 
 def available_images(coco: Coco, data_root: str | os.PathLike | None) -> list[int]:

@@ -165,3 +165,19 @@ def test_write_table_is_byte_stable(tmp_path):
     assert np.isclose(pd.read_csv(tmp_path / "t.csv", index_col=0).loc["x", "a"], 1 / 3,
                       atol=1e-6)
     assert not json.loads("[]")
+
+
+def test_background_table_lists_the_most_background_images(tiny_coco, tmp_path):
+    tiny_coco["images"].append({"id": 3, "file_name": "c.jpg", "width": 8, "height": 6})
+    coco = load_coco(write_json(tmp_path / "t.json", tiny_coco))
+    pixels = eda.pixel_counts(coco, TRASH, cache=False)
+    table = eda.background_table(pixels, coco, top=2)
+    assert table.index.tolist() == [3, 2]  # all background, then 42 of 48 pixels
+    assert table.columns.tolist() == ["background_share", "file_name", "objects"]
+    assert table["background_share"].tolist() == pytest.approx([1.0, 42 / 48])
+    assert table["file_name"].tolist() == ["c.jpg", "b.jpg"] and table["objects"].tolist() == [0, 1]
+    assert len(eda.background_table(pixels, coco, top=10)) == 3
+    with pytest.raises(ParameterError, match="top must be a non-negative integer"):
+        eda.background_table(pixels, coco, top=-1)
+    with pytest.raises(ParameterError, match=r"image ids that .*t.json does not: \[9\]"):
+        eda.background_table(pixels.rename(index={3: 9}), coco)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from segkit import split
@@ -12,7 +13,7 @@ from segkit.__main__ import main
 from segkit.classes import TRASH
 from segkit.coco import load_coco
 from segkit.eda import pixel_counts
-from segkit.errors import ParameterError
+from segkit.errors import CocoError, ParameterError
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +177,269 @@ def test_fewer_folds_over_more_leave_no_stale_files(sample_root, tmp_path):
     split_file(sample_root / "train_all.json", tmp_path, n_splits=3)
     assert available_folds(tmp_path) == [0, 1, 2]
     assert check_fold_files(tmp_path)["ok"].all()
+
+
+# --- groups (group_by) -------------------------------------------------------------------------
+
+def _grouped_copy(sample_root, tmp_path, name="grouped.json"):
+    """The sample's train_all.json with video-like file names (6 sequences of 4 frames, every
+    5th frame, sequence 5 in two runs) and a video_id field."""
+    data = json.loads((sample_root / "train_all.json").read_text())
+    for k, image in enumerate(data["images"]):
+        sequence, frame = k % 6, (k // 6) * 5 + (100 if k % 6 == 5 and k >= 12 else 0)
+        image["file_name"] = f"clips/seq{sequence}_f{frame:04d}.jpg"
+        image["video_id"] = sequence
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("by", split.STRATIFY_BY)
+@pytest.mark.parametrize(("group_by", "n_groups"), [
+    (r"regex:^(\w+?)_", 6), ("regex:seq[0-9]", 6), ("field:video_id", 6), ("frames:5", 7),
+    ("regex:^clips/seq(\\d)", 6)])
+def test_group_by_keeps_each_group_in_one_fold(sample_root, tmp_path, by, group_by, n_groups):
+    coco = load_coco(_grouped_copy(sample_root, tmp_path))
+    groups = split.image_groups(coco, group_by)
+    assert groups.nunique() == n_groups
+    folds = split.make_folds(coco, TRASH, 3, 42, by, pixel_counts(coco, TRASH), group_by)
+    assert sorted(set(folds)) == [0, 1, 2]
+    assert (pd.DataFrame({"g": groups, "f": folds}).groupby("g")["f"].nunique() == 1).all()
+    report = split.fold_report(coco, TRASH, folds, pixel_counts(coco, TRASH), group_by)
+    per_fold = report.groupby("fold")[["val_groups", "train_groups"]].first()
+    assert per_fold["val_groups"].sum() == n_groups
+    assert (per_fold["val_groups"] + per_fold["train_groups"] == n_groups).all()
+    out = tmp_path / "out"
+    split.write_folds(coco, folds, out)
+    check = split.check_fold_files(out, coco, group_by=group_by)
+    assert check["ok"].all() and check["val_groups"].sum() == n_groups
+
+
+def test_group_names_of_each_source(sample_root, tmp_path):
+    coco = load_coco(_grouped_copy(sample_root, tmp_path))
+    first = coco.images[0]["id"]
+    assert split.image_groups(coco, r"regex:^(\w+?)_")[first] == "seq0"
+    assert split.image_groups(coco, "regex:seq\\d")[first] == "seq0"  # whole match
+    assert split.image_groups(coco, "field:video_id")[first] == "0"
+    frames = split.image_groups(coco, "frames:5")
+    assert frames[first] == "clips/seq0_f0000..0015.jpg"
+    assert set(frames[frames.str.startswith("clips/seq5")]) == {
+        "clips/seq5_f0000..0005.jpg", "clips/seq5_f0110..0115.jpg"}
+    # a smaller gap splits every frame apart; the default keeps today's image groups
+    assert split.image_groups(coco, "frames:4").nunique() == len(coco.images)
+    assert split.image_groups(coco).tolist() == [str(i["id"]) for i in coco.images]
+    assert split.image_groups(coco, "").tolist() == split.image_groups(coco, None).tolist()
+
+
+def test_no_group_by_is_todays_split_byte_for_byte(train, tmp_path):
+    # each image its own group through a field: the same folds as without group_by
+    for by in split.STRATIFY_BY:
+        pixels = pixel_counts(train, TRASH)
+        plain = split.make_folds(train, TRASH, 4, 3, by, pixels)
+        assert plain.equals(split.make_folds(train, TRASH, 4, 3, by, pixels, "field:id"))
+    a = split.split_file(train.path, tmp_path / "a", 3, 5, group_by=None)
+    b = split.split_file(train.path, tmp_path / "b", 3, 5)
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
+
+
+def test_group_by_same_seed_same_bytes(sample_root, tmp_path):
+    path = _grouped_copy(sample_root, tmp_path)
+    a = split.split_file(path, tmp_path / "a", 3, 7, "pixels", "frames:5")
+    b = split.split_file(path, tmp_path / "b", 3, 7, "pixels", "frames:5")
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(("group_by", "error", "message"), [
+    ("regex:(unclosed", ParameterError, r"not a valid regular expression"),
+    ("regex:^zzz(\\d)", ParameterError, r"does not match image \d+ \('seq0_f0000.jpg'; 24 of 24"),
+    ("field:camera", CocoError, r"image \d+ \(clips/seq0_f0000.jpg\) has no field 'camera'"),
+    ("frames:x", ParameterError, "the gap must be a non-negative integer"),
+    ("frame:5", ParameterError, "unknown group_by source 'frame'"),
+    ("video_id", ParameterError, "group_by is None"),
+    ("field:", ParameterError, "name the image field"),
+])
+def test_bad_group_by_is_one_clear_error(sample_root, tmp_path, group_by, error, message):
+    path = _grouped_copy(sample_root, tmp_path)
+    with pytest.raises(error, match=message):
+        split.split_file(path, tmp_path / "out", 3, group_by=group_by)
+    assert not (tmp_path / "out").exists()
+
+
+def test_file_name_without_frame_number_is_named(sample_root, tmp_path):
+    data = json.loads(_grouped_copy(sample_root, tmp_path).read_text())
+    data["images"][3]["file_name"] = "clips/cover.jpg"
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ParameterError, match=r"image \d+ \(clips/cover.jpg\) has no frame number"):
+        split.make_folds(load_coco(path), TRASH, 3, 42, group_by="frames:5")
+
+
+def test_fewer_groups_than_folds(sample_root, tmp_path):
+    path = _grouped_copy(sample_root, tmp_path)
+    with pytest.raises(ParameterError, match=r"gives 6 groups \(seq0, seq1, seq2, seq3, seq4, "
+                                             r"\.\.\.\), fewer than n_splits=7; allowed: 2\.\.6"):
+        split.split_file(path, tmp_path / "out", 7, group_by=r"regex:^(\w+?)_")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_group_straddling_train_and_val_is_refused(sample_root, tmp_path):
+    coco = load_coco(_grouped_copy(sample_root, tmp_path))
+    # folds made per image (someone else's files): sequences end up on both sides
+    split.write_folds(coco, split.make_folds(coco, TRASH, 3, 42), tmp_path / "out")
+    assert split.check_fold_files(tmp_path / "out", coco)["ok"].all()
+    with pytest.raises(CocoError, match=r"fold\d_val.json: group 'seq\d' \(group_by "
+                                        r"'field:video_id'\)|group '\d' \(group_by"):
+        split.check_fold_files(tmp_path / "out", coco, group_by="field:video_id")
+    with pytest.raises(CocoError, match=r"group 'seq\d' \(group_by 'regex:\^\(\\w\+\?\)_'\) "
+                                        r"spans train and val of fold \d: image \d+ "
+                                        r"\(clips/seq\d_f\d+\.jpg\) in fold\d_train.json"):
+        split.check_fold_files(tmp_path / "out", coco, group_by=r"regex:^(\w+?)_")
+    folds = split.make_folds(coco, TRASH, 3, 42)
+    with pytest.raises(ParameterError, match=r"group 'seq\d' spans fold \d's train and val"):
+        split.group_counts(folds, split.image_groups(coco, r"regex:^(\w+?)_"))
+
+
+# --- near-duplicate pairs across folds ----------------------------------------------------------
+
+def test_duplicate_pairs_across_folds_are_counted_and_limited(train, tmp_path):
+    folds = split.make_folds(train, TRASH, 3, 42)
+    split.write_folds(train, folds, tmp_path)
+    val0 = folds[folds == 0].index.tolist()
+    train0 = folds[folds != 0].index.tolist()
+    pairs = pd.DataFrame({"image_a": [val0[0], val0[0], train0[0]],
+                          "image_b": [train0[0], val0[1], train0[1]],
+                          "file_a": ["a.jpg"] * 3, "file_b": ["b.jpg"] * 3})
+    check = split.check_fold_files(tmp_path, train, duplicate_pairs=pairs)
+    per_fold = split.duplicate_pairs_per_fold(pairs, folds).set_index("fold")
+    assert check.set_index("fold")["duplicate_pairs"].tolist() == \
+        per_fold["pairs_across"].tolist()
+    assert per_fold.loc[0, "pairs_across"] == 1 and per_fold.loc[0, "pairs_in_val"] == 1
+    assert check["duplicate_pairs"].sum() >= 1
+    assert split.check_fold_files(tmp_path, train, duplicate_pairs=pairs,
+                                  max_duplicate_pairs=2)["ok"].all()
+    with pytest.raises(CocoError, match=r"fold 0 has 1 near-duplicate pairs across train and "
+                                        r"val, more than max_duplicate_pairs=0; e\.g\. images"):
+        split.check_fold_files(tmp_path, train, duplicate_pairs=pairs, max_duplicate_pairs=0)
+    with pytest.raises(ParameterError, match="max_duplicate_pairs must be None or"):
+        split.check_fold_files(tmp_path, train, duplicate_pairs=pairs, max_duplicate_pairs=-1)
+    # papermill -r passes text: "None" reports only, "0" is a limit
+    assert split.duplicate_pairs_per_fold(pairs, folds, "None").equals(per_fold.reset_index())
+    with pytest.raises(CocoError, match="more than max_duplicate_pairs=0"):
+        split.duplicate_pairs_per_fold(pairs, folds, "0")
+
+
+# --- atomic fold sets --------------------------------------------------------------------------
+
+def test_concurrent_splits_into_one_folder_leave_one_consistent_split(sample_root, tmp_path):
+    import threading
+
+    out = tmp_path / "splits"
+    errors = []
+
+    def worker(seed):
+        try:
+            for _ in range(4):
+                split.split_file(sample_root / "train_all.json", out, n_splits=3 + seed % 2,
+                                 seed=seed)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    coco = load_coco(sample_root / "train_all.json")
+    check = split.check_fold_files(out, coco)
+    assert check["ok"].all() and check["val_images"].sum() == len(coco.images)
+    # the folder is exactly one of the two splits, fold files and folds.csv alike
+    candidates = {}
+    for seed in (1, 2):
+        paths = split.split_file(sample_root / "train_all.json", tmp_path / f"s{seed}",
+                                 n_splits=3 + seed % 2, seed=seed)
+        candidates[seed] = {p.name: p.read_bytes() for p in paths}
+    now = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert now in candidates.values()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+def test_failed_write_leaves_the_previous_set(train, tmp_path, monkeypatch):
+    import errno
+
+    from segkit.errors import SegkitError
+
+    out = tmp_path / "splits"
+    before = {p.name: p.read_bytes()
+              for p in split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)}
+    (out / "fold_report.csv").write_text("kept\n")
+    calls = []
+    real_write_coco = split.write_coco
+
+    def full_disk(data, path):  # the disk fills up at the third file
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_coco(data, path)
+
+    monkeypatch.setattr(split, "write_coco", full_disk)
+    with pytest.raises(SegkitError, match=r"cannot write the folds to .*splits: No space left on "
+                                          r"device .*; the folder was left as it was"):
+        split.write_folds(train, split.make_folds(train, TRASH, 4, 2), out)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "fold_report.csv"}
+    assert after == before
+    assert (out / "fold_report.csv").read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".splits.lock", "splits"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_reports_beside_the_folds_survive_a_new_split(train, tmp_path, monkeypatch, exchange):
+    if not exchange:  # systems without an atomic exchange: two renames under the lock
+        monkeypatch.setattr(split, "_exchange", lambda a, b: False)
+    out = tmp_path / "splits"
+    split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)
+    (out / "fold_report.csv").write_text("report\n")
+    (out / "figures").mkdir()
+    (out / "figures" / "a.png").write_bytes(b"png")
+    split.write_folds(train, split.make_folds(train, TRASH, 3, 2), out)
+    assert (out / "fold_report.csv").read_text() == "report\n"
+    assert (out / "figures" / "a.png").read_bytes() == b"png"
+    assert split.check_fold_files(out, train)["ok"].all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".splits.lock", "splits"]
+
+
+def test_unwritable_output_is_one_clear_error(train, tmp_path):
+    import os
+
+    from segkit.errors import SegkitError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SegkitError, match=r"cannot write the folds to .*file: it is a file"):
+        split.write_folds(train, split.make_folds(train, TRASH, 3, 1), blocker)
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as root: permissions do not stop writes")
+        with pytest.raises(SegkitError, match=r"cannot write the folds to .*ro: the folder is "
+                                              r"read-only"):
+            split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)
+        assert list(out.iterdir()) == []
+    finally:
+        out.chmod(0o755)
+
+
+def test_cli_split_group_by(sample_root, tmp_path, capsys):
+    path = _grouped_copy(sample_root, tmp_path)
+    out = tmp_path / "splits"
+    assert main(["split", str(path), "--out", str(out), "--n-splits", "3",
+                 "--group-by", "field:video_id"]) == 0
+    assert "grouped by field:video_id" in capsys.readouterr().out
+    assert split.check_fold_files(out, group_by="field:video_id")["ok"].all()
+    assert main(["split", str(path), "--out", str(tmp_path / "x"), "--n-splits", "3",
+                 "--group-by", "regex:("]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a valid regular expression" in err
+    assert not (tmp_path / "x").exists()
