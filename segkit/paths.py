@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,34 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+@contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield an empty temporary folder beside `path`; when the block succeeds it replaces
+    `path` (an older `path` is removed only once the new one is in place), when it fails it is
+    removed. Readers see the old folder or the new one, never a half-written one.
+
+    Example:
+        >>> with atomic_folder("outputs/pseudo/t09") as building:          # doctest: +SKIP
+        ...     (building / "meta.json").write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield building
+        os.chmod(building, 0o777 & ~_umask())  # mkdtemp's folder is private (0700)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(building, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(building, path)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -57,11 +86,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def resolve_output_path(path: str | os.PathLike) -> Path:
-    """A path as a user wrote it, or, when it is relative and not there, the same path under
-    the outputs folder (pipeline specs name runs and files relative to outputs/)."""
+    """A path as a user wrote it: as given when it exists from here (or is absolute), else the
+    same relative path from the project root (notebooks run in notebooks/, where the README's
+    `outputs/runs/NAME` means the project's) or under the outputs folder (specs name runs and
+    files relative to outputs/); as given when it is in none of them."""
     path = Path(path)
-    if not path.is_absolute() and not path.exists() and (outputs_dir() / path).exists():
-        return outputs_dir() / path
+    if path.is_absolute() or path.exists():
+        return path
+    for base in (PROJECT_ROOT, outputs_dir()):
+        if (base / path).exists():
+            return base / path
     return path
 
 

@@ -8,10 +8,11 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from segkit.errors import SegkitError
-from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path
+from segkit.paths import PROJECT_ROOT, outputs_dir
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
@@ -32,10 +33,12 @@ def notebook_path(name: str | os.PathLike) -> Path:
     return path
 
 
-# Folder parameters a user types relative to the shell they run in. The kernel runs in the
+# Path parameters a user types relative to the shell they run in. The kernel runs in the
 # notebooks folder, so a relative one that exists from here is made absolute first (one that
-# does not is left for the notebook, which also looks under the outputs folder).
-PATH_PARAMETERS = ("data_root", "run_dir", "run_dirs", "splits_dir", "load_from")
+# does not is left for the notebook, which also looks under the project root and outputs/).
+PATH_PARAMETERS = ("data_root", "run_dir", "run_dirs", "runs", "curve_runs", "error_run",
+                   "split_dir", "splits_dir", "output_dir", "train_file", "val_file",
+                   "extra_train_files", "load_from", "work_dir")
 
 
 def _from_here(value):
@@ -79,21 +82,34 @@ def run_notebook(name: str | os.PathLike, output: str | os.PathLike,
     return output
 
 
-DEFAULT_RUN = "efficientnet_lite0_fold0"  # what 04_train's defaults train
+def default_run(fold: int = 0, data_root: str | os.PathLike = ""):
+    """04_train's default run of a fold, trained first (by executing 04_train with its
+    defaults) when it is not there yet, so notebooks 05-07 run top to bottom on their own."""
+    from segkit.runs import Run
+    from segkit.train_parameters import BY_NAME
+
+    path = outputs_dir() / "runs" / f"{BY_NAME['model'].default}_fold{fold}"
+    if Run(path).last_checkpoint is None:
+        print(f"no run given: training {path} with 04_train's defaults ...")
+        run_notebook("04_train", path / "04_train.ipynb",
+                     {"fold": fold, "data_root": os.fspath(data_root)})
+    return Run(path)
 
 
-def default_run(run_dir: str | os.PathLike = "") -> Path:
-    """A notebook's `run_dir` parameter: empty means 04_train's default run, which is trained
-    (by executing 04_train with its defaults) if it is not there yet, so every notebook runs
-    top to bottom on its own."""
-    from segkit.train import last_checkpoint
+def runs_or_default(runs: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                    fold: int = 0, data_root: str | os.PathLike = "",
+                    search: bool = False) -> list:
+    """The runs a notebook parameter names (one folder or name, or a list). Empty means every
+    run validated on `fold` when `search` (07), and 04_train's default run of the fold when
+    there is none (trained first if absent)."""
+    from segkit.runs import Run, find_runs
 
-    if run_dir:
-        return resolve_output_path(run_dir)
-    path = outputs_dir() / "runs" / DEFAULT_RUN
-    if last_checkpoint(path) is None:
-        run_notebook("04_train", path / "04_train.ipynb", {})
-    return path
+    if isinstance(runs, (str, os.PathLike)):
+        runs = [runs] if os.fspath(runs) else []
+    opened = [Run.open(r) for r in runs or []]
+    if not opened and search:
+        opened = find_runs(fold=fold)
+    return opened or [default_run(fold, data_root)]
 
 
 DEMO_SPEC = NOTEBOOKS_DIR / "demo.yaml"
@@ -133,9 +149,10 @@ def load_spec(path: str | os.PathLike) -> dict:
     return spec
 
 
-def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
-    """The names a notebook's `parameters` cell assigns, in order (read with Python's own
-    parser: papermill's inspection misreads lines like `x = ""  # "" = default`)."""
+def notebook_defaults(notebook: str | os.PathLike) -> dict:
+    """{name: default} of the names a notebook's `parameters` cell assigns, in order (read with
+    Python's own parser: papermill's inspection misreads lines like `x = ""  # "" = default`);
+    a default that is not a literal is left as None."""
     import ast
 
     import nbformat
@@ -145,13 +162,22 @@ def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not cells:
         raise SegkitError(f"{path}: no cell tagged 'parameters'")
-    names = []
+    found: dict = {}
     for node in ast.parse(cells[0].source).body:
         targets = node.targets if isinstance(node, ast.Assign) else \
             [node.target] if isinstance(node, ast.AnnAssign) else []
-        names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
-    return names
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id not in found:
+                try:
+                    found[target.id] = ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError):
+                    found[target.id] = None
+    return found
 
+
+def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
+    """The names a notebook's `parameters` cell assigns, in order."""
+    return list(notebook_defaults(notebook))
 
 
 def plan_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None

@@ -1,25 +1,40 @@
-"""Inference: TTA, sliding windows, probabilities at submission size, stored compactly.
+"""Prediction folders: what 05_predict writes and 06 / 07 / 08 read, and how they are made.
 
 A prediction folder (`outputs/predictions/<run>/<split>/`) holds:
-    meta.json            classes, size, split, and the COCO image entries in order
+    meta.json            classes, size, split, the COCO image entries in order, and everything
+                         that made these predictions (checkpoint, source file, TTA, slide,
+                         out_size, reduction, amp): a folder is reused only when all of it
+                         matches what is asked
     probs/<image_id>.npy uint8 (C, H, W): class probabilities quantised as round(p * 255)
+    labels/<image_id>.png full-size label maps (when asked: scoring at the annotated size)
     submission.csv       for the test split
+
+Example:
+    >>> val = predict_run("efficientnet_lite0_fold0", "val", flips=("h",))   # doctest: +SKIP
+    >>> evaluate(val, load_coco(Run.open("efficientnet_lite0_fold0").data()[1])).miou  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from segkit.errors import SegkitError
-from segkit.paths import atomic_path, read_json_file, write_text_atomic
+from segkit.checks import check_choice
+from segkit.errors import ParameterError, SegkitError
+from segkit.paths import atomic_path, outputs_dir, read_json_file, write_text_atomic
+from segkit.runs import Run
+from segkit.submission import SUBMISSION_SIZE
+from segkit.vote import check_weights
 
 PROB_SCALE = 255.0
+REDUCTIONS = ("probs", "nearest", "max2x2")
 
 
 def quantize_probs(probs: np.ndarray) -> np.ndarray:
@@ -44,11 +59,7 @@ def save_probs(pred_dir: str | os.PathLike, image_id: int, probs: np.ndarray) ->
 
 def load_probs(pred_dir: str | os.PathLike, image_id: int) -> np.ndarray:
     """One image's probabilities as float32 (C, H, W)."""
-    path = Path(pred_dir) / "probs" / f"{image_id}.npy"
-    try:
-        return dequantize_probs(np.load(path))
-    except FileNotFoundError:
-        raise SegkitError(f"{path}: no stored probabilities for image id {image_id}") from None
+    return dequantize_probs(PredictionFolder(pred_dir).probs(image_id))
 
 
 def write_prediction_meta(pred_dir: str | os.PathLike, images: list[dict], classes: list[str],
@@ -65,210 +76,177 @@ def read_prediction_meta(pred_dir: str | os.PathLike) -> dict:
                           f"{pred_dir}: not a prediction folder (no meta.json)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------
+class PredictionFolder:
+    """One prediction folder (see the module docstring); path-like."""
 
-REDUCTIONS = ("probs", "nearest", "max2x2")
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
 
+    def __fspath__(self) -> str:
+        return str(self.path)
 
-def pick_device(device: str | None = None) -> str:
-    import torch
+    def __repr__(self) -> str:
+        return f"PredictionFolder({str(self.path)!r})"
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    @cached_property
+    def meta(self) -> dict:
+        meta = read_prediction_meta(self.path)
+        missing = [k for k in ("classes", "images") if k not in meta]
+        if missing:
+            raise SegkitError(f"{self.path / 'meta.json'}: missing {', '.join(missing)}")
+        return meta
 
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
 
-def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
-    """`best` / `last` / a file name of a run folder -> the checkpoint path."""
-    from segkit.train import best_checkpoint, last_checkpoint
+    @property
+    def size(self) -> list[int] | None:
+        return self.meta.get("size")
 
-    run_dir = Path(run_dir)
-    if checkpoint in ("best", "last"):
-        path = (best_checkpoint if checkpoint == "best" else last_checkpoint)(run_dir)
-        if path is None and checkpoint == "best":
-            path = last_checkpoint(run_dir)
-    else:
-        path = Path(checkpoint) if Path(checkpoint).exists() else run_dir / checkpoint
-        path = path if path.exists() else None
-    if path is None:
-        raise SegkitError(f"{run_dir}: no checkpoint ({checkpoint}) found in the run folder")
-    return path
+    @property
+    def split(self) -> str:
+        return self.meta.get("split", "")
 
+    @property
+    def images(self) -> list[dict]:
+        return list(self.meta["images"])
 
-def load_model(run_dir: str | os.PathLike | None = None, checkpoint: str = "best",
-               config: str | os.PathLike | None = None, device: str | None = None):
-    """An mmseg model in eval mode from a run folder (its config.py and best/last checkpoint),
-    or from an explicit config + checkpoint path."""
-    from segkit.train import register_dataset
+    @property
+    def submission(self) -> Path:
+        return self.path / "submission.csv"
 
-    register_dataset()
-    from mmseg.apis import init_model
+    def probs(self, image_id) -> np.ndarray:
+        """One image's stored uint8 (C, H, W) probabilities, as stored (sums of uint8 are
+        exact; `load_probs` gives float32)."""
+        path = self.path / "probs" / f"{image_id}.npy"
+        try:
+            probs = np.load(path)
+        except FileNotFoundError:
+            raise SegkitError(f"{path}: no stored probabilities for image id {image_id}") from None
+        except (OSError, ValueError) as exc:
+            raise SegkitError(f"{path}: unreadable probabilities for image id {image_id} "
+                              f"({exc})") from None
+        num_classes = len(self.classes)
+        if probs.dtype != np.uint8 or probs.ndim != 3 or probs.shape[0] != num_classes:
+            raise SegkitError(f"{path}: expected uint8 ({num_classes}, H, W) probabilities, got "
+                              f"{probs.dtype} {probs.shape}")
+        return probs
 
-    if run_dir is not None:
-        config = config or Path(run_dir) / "config.py"
-        ckpt = resolve_checkpoint(run_dir, checkpoint)
-    else:
-        if config is None:
-            raise SegkitError("load_model needs a run folder or a config and a checkpoint")
-        ckpt = Path(checkpoint)
-        if not ckpt.exists():
-            raise SegkitError(f"{ckpt}: checkpoint not found")
-    if not Path(config).exists():
-        raise SegkitError(f"{config}: config not found")
-    model = init_model(str(config), str(ckpt), device=pick_device(device))
-    model.eval()
-    model.segkit_checkpoint = str(Path(ckpt).resolve())  # meta.json means it from any folder
-    model.segkit_input_scale = validation_scale(model.cfg)
-    return model
+    def label(self, image_id) -> np.ndarray | None:
+        """The full-size label map (labels/<id>.png), or None when it was not kept."""
+        from segkit.coco import read_label
 
-
-def validation_scale(cfg) -> tuple[int, int] | None:
-    """The (w, h) box the config's validation pipeline resizes images into (keeping their
-    aspect ratio), or None: prediction must see images at the scale the model was trained
-    and validated at, not at the file's size."""
-    loader = cfg.get("val_dataloader") or cfg.get("test_dataloader") or {}
-    for step in (loader.get("dataset") or {}).get("pipeline", []):
-        if step.get("type") == "Resize" and step.get("keep_ratio", False) and step.get("scale"):
-            scale = step["scale"]
-            return (int(scale), int(scale)) if isinstance(scale, int) else tuple(map(int, scale))
-    return None
+        path = self.path / "labels" / f"{image_id}.png"
+        return read_label(path) if path.exists() else None
 
 
-def model_classes(model) -> list[str]:
-    meta = getattr(model, "dataset_meta", None) or {}
-    classes = meta.get("classes")
-    if classes:
-        return list(classes)
-    return [str(i) for i in range(model.decode_head.num_classes)]
+def folder_weights(weights, count: int) -> tuple[np.ndarray, type]:
+    """Checked weights and the type that sums uint8 probabilities with them: exact int32 when
+    the weights are whole numbers (and the sum fits), else float64."""
+    weights = check_weights(weights, count, "prediction folders")
+    if (weights == np.round(weights)).all() and weights.sum() * 255 < 2**31:
+        return weights.astype(np.int32), np.int32
+    return weights, np.float64
 
 
-def check_model_classes(model, class_names, source: str = "the data") -> None:
-    n_model = model.decode_head.num_classes
-    if n_model != len(class_names):
-        raise SegkitError(f"checkpoint {getattr(model, 'segkit_checkpoint', '?')} predicts "
-                          f"{n_model} classes but {source} has {len(class_names)}: "
-                          f"{', '.join(class_names)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Inference
-# ---------------------------------------------------------------------------------------------
-
-def _to_probs(model, logits):
-    import torch
-
-    if type(model.decode_head).__name__ in ("Mask2FormerHead", "MaskFormerHead"):
-        # mask-classification heads output class scores, not logits: normalise, don't softmax
-        scores = logits.float().clamp_min(0)
-        return scores / scores.sum(1, keepdim=True).clamp_min(1e-6)
-    return torch.softmax(logits.float(), dim=1)
-
-
-def _infer(model, batch, slide):
-    """Probabilities (N, C, h, w) of a normalised batch at its own size."""
-    h, w = batch.shape[-2:]
-    metas = [dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
-                  padding_size=[0, 0, 0, 0]) for _ in range(len(batch))]
-    saved = model.test_cfg
-    if slide:
-        crop, stride = slide
-        model.test_cfg = type(saved)(mode="slide", crop_size=(crop, crop), stride=(stride, stride))
-    try:
-        return _to_probs(model, model.inference(batch, metas))
-    finally:
-        model.test_cfg = saved
-
-
-def predict_probs(model, images: list[np.ndarray], out_size: tuple[int, int] | None = (256, 256),
-                  flips: tuple[str, ...] = (), scales: tuple[float, ...] = (1.0,),
-                  slide: tuple[int, int] | None = None, amp: bool = False) -> np.ndarray:
-    """Class probabilities (N, C, H, W) float32 of RGB images of one size.
-
-    flips: any of "h", "v" (each adds a flipped pass); scales: input scale factors, relative
-    to the scale the model was validated at (`model.segkit_input_scale`, read from its
-    config by `load_model`); the passes' probabilities are averaged. slide: (crop, stride) for sliding-window inference.
-    out_size: probabilities are resized to it (area-averaged when shrinking), or kept at the
-    image size when None.
+@dataclass
+class PredictionSet:
+    """Prediction folders checked to agree (classes, size, the same images), read together.
 
     Example:
-        >>> probs = predict_probs(model, [image], flips=("h",), scales=(0.75, 1.0))  # doctest: +SKIP
+        >>> folders = PredictionSet.open(["a/val", "b/val"])                   # doctest: +SKIP
+        >>> total = folders.weighted_sum(folders.images[0]["id"], [2, 1])     # doctest: +SKIP
     """
-    import torch
-    import torch.nn.functional as F
 
-    from segkit.compat import autocast
+    folders: list[PredictionFolder]
 
-    device = next(model.parameters()).device
-    pre = model.data_preprocessor
-    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float()
-    x = (x - pre.mean) / pre.std
-    h, w = x.shape[-2:]
-    box = getattr(model, "segkit_input_scale", None)
-    # the scale validation used (mmseg's keep-ratio Resize into the box), times each TTA scale
-    base = min(max(box) / max(h, w), min(box) / min(h, w)) if box else 1.0
-    total = None
-    passes = 0
-    with torch.no_grad(), autocast(device.type, enabled=amp):
-        for scale in scales:
-            size = (max(1, round(h * base * scale)), max(1, round(w * base * scale)))
-            xs = x if size == (h, w) else F.interpolate(
-                x, size=size, mode="bilinear", align_corners=False)
-            for f in ("",) + tuple(flips):
-                # one pass per view: stacking the views into one bigger batch measured slower
-                # on the CPU (2.4x instead of 2x for one flip at 512 px)
-                view = xs.flip(-1) if f == "h" else xs.flip(-2) if f == "v" else xs
-                p = _infer(model, view, slide)
-                p = p.flip(-1) if f == "h" else p.flip(-2) if f == "v" else p
-                if p.shape[-2:] != (h, w):
-                    p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-                total = p if total is None else total + p
-                passes += 1
-    probs = (total / passes).float()
-    if out_size is not None:
-        probs = _resize(probs, out_size)
-    return probs.cpu().numpy()
+    @classmethod
+    def open(cls, pred_dirs: Sequence[str | os.PathLike], minimum: int = 1) -> PredictionSet:
+        folders = [PredictionFolder(d) for d in pred_dirs]
+        if len(folders) < minimum:
+            raise ParameterError(f"need at least {minimum} prediction folders, got "
+                                 f"{len(folders)}")
+        first = folders[0]
+        first_ids = [img["id"] for img in first.images]
+        for folder in folders[1:]:
+            where = folder.path / "meta.json"
+            if folder.classes != first.classes:
+                raise SegkitError(f"{where}: classes {folder.classes} differ from "
+                                  f"{first.path}'s {first.classes}")
+            if folder.size != first.size:
+                raise SegkitError(f"{where}: size {folder.size} differs from {first.path}'s "
+                                  f"{first.size}")
+            ids = {img["id"] for img in folder.images}
+            lacking = [i for i in first_ids if i not in ids]
+            extra = sorted(ids - set(first_ids))
+            if lacking or extra:
+                what = "; ".join(([f"lacks image ids {lacking[:5]}"] if lacking else []) +
+                                 ([f"has extra image ids {extra[:5]}"] if extra else []))
+                raise SegkitError(f"{where}: {what} compared with {first.path}; the folders "
+                                  "must cover the same images")
+        return cls(folders)
 
+    @property
+    def dirs(self) -> list[Path]:
+        return [f.path for f in self.folders]
 
-def _resize(probs, out_size):
-    """Resize (N, C, h, w) probabilities: area-averaged when shrinking (the sound way to
-    reduce 512 to 256 before the argmax), bilinear when growing."""
-    import torch.nn.functional as F
+    @property
+    def classes(self) -> list[str]:
+        return self.folders[0].classes
 
-    h, w = probs.shape[-2:]
-    if (h, w) == tuple(out_size):
+    @property
+    def size(self) -> list[int] | None:
+        return self.folders[0].size
+
+    @property
+    def split(self) -> str:
+        return self.folders[0].split
+
+    @property
+    def images(self) -> list[dict]:
+        """The image entries, in the first folder's order."""
+        return self.folders[0].images
+
+    def probs(self, image_id) -> list[np.ndarray]:
+        """Every folder's uint8 probabilities of one image (checked to have one shape)."""
+        probs = [f.probs(image_id) for f in self.folders]
+        for folder, p in zip(self.folders, probs, strict=True):
+            if p.shape != probs[0].shape:
+                raise SegkitError(f"{folder.path}: probabilities of image id {image_id} are "
+                                  f"{p.shape}, but {self.folders[0].path}'s are {probs[0].shape}")
         return probs
-    if out_size[0] <= h and out_size[1] <= w:
-        return F.interpolate(probs, size=tuple(out_size), mode="area")
-    return F.interpolate(probs, size=tuple(out_size), mode="bilinear", align_corners=False)
+
+    def weighted_sum(self, image_id, weights, probs: list[np.ndarray] | None = None
+                     ) -> np.ndarray:
+        """The weighted sum of the folders' uint8 probabilities of one image (the soft vote
+        before dividing by the weights' sum; see `folder_weights` for its type). Pass `probs`
+        when they are already read."""
+        weights, acc_type = folder_weights(weights, len(self.folders))
+        probs = self.probs(image_id) if probs is None else probs
+        total = np.zeros(probs[0].shape, acc_type)
+        for p, w in zip(probs, weights, strict=True):
+            if w == 1:
+                total += p
+            elif w:
+                total += p * w
+        return total
 
 
-def resize_probs(probs: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) probabilities resized to out_size (see `predict_probs`)."""
-    import torch
-
-    return _resize(torch.from_numpy(probs)[None], out_size)[0].numpy()
-
-
-def reduce_label(label: np.ndarray, out_size: tuple[int, int], method: str = "nearest"
-                 ) -> np.ndarray:
-    """Shrink a full-size label map: "nearest" or "max2x2" (max class id of each 2x2 block,
-    as some teams did; needs an exact 2x size)."""
-    import cv2
-
-    if method == "nearest":
-        return cv2.resize(label, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
-    if method == "max2x2":
-        h, w = label.shape
-        if (h, w) != (2 * out_size[0], 2 * out_size[1]):
-            raise SegkitError(f"max2x2 needs labels of exactly twice {out_size}, got {(h, w)}")
-        return label.reshape(out_size[0], 2, out_size[1], 2).max(axis=(1, 3))
-    raise SegkitError(f"reduction {method!r}; allowed: {', '.join(REDUCTIONS)}")
+def prediction_identity(checkpoint, source, split: str, *, out_size=SUBMISSION_SIZE,
+                        reduction: str = "probs", flips=(), scales=(1.0,), slide=None,
+                        amp: bool = False) -> dict:
+    """What makes a prediction folder's contents: recorded in its meta.json, compared before
+    a folder is reused (paths by what they point at)."""
+    return dict(checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
+                source=str(Path(source).resolve()), split=split,
+                out_size=[int(v) for v in out_size], reduction=reduction,
+                flips=list(flips), scales=[float(s) for s in scales],
+                slide=[int(v) for v in slide] if slide else None, amp=bool(amp))
 
 
 def predict_dataset(model, coco, data_root, out_dir, *, split: str = "test",
-                    out_size: tuple[int, int] = (256, 256), reduction: str = "probs",
+                    out_size: tuple[int, int] = SUBMISSION_SIZE, reduction: str = "probs",
                     flips: tuple[str, ...] = (), scales: tuple[float, ...] = (1.0,),
                     slide: tuple[int, int] | None = None, amp: bool = False,
                     batch_size: int = 4, save_full_labels: bool = False,
@@ -282,9 +260,9 @@ def predict_dataset(model, coco, data_root, out_dir, *, split: str = "test",
     from tqdm.auto import tqdm
 
     from segkit.coco import read_image, write_png
+    from segkit.inference import model_classes, predict_probs, reduce_label, resize_probs
 
-    if reduction not in REDUCTIONS:
-        raise SegkitError(f"reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
+    check_choice("reduction", reduction, REDUCTIONS)
     classes = model_classes(model)
     out_dir = Path(out_dir)
     (out_dir / "probs").mkdir(parents=True, exist_ok=True)
@@ -326,12 +304,52 @@ def predict_dataset(model, coco, data_root, out_dir, *, split: str = "test",
         write_submission(out_dir / "submission.csv", [img["file_name"] for img in coco.images],
                          (small_labels[img["id"]] for img in coco.images),
                          num_classes=len(classes), size=tuple(out_size))
-    write_prediction_meta(out_dir, coco.images, classes, out_size, split,
-                          checkpoint=getattr(model, "segkit_checkpoint", None),
-                          flips=list(flips), scales=list(scales),
-                          slide=list(slide) if slide else None, reduction=reduction,
-                          source=str(Path(coco.path).resolve()))
+    identity = prediction_identity(getattr(model, "segkit_checkpoint", None), coco.path, split,
+                                   out_size=out_size, reduction=reduction, flips=flips,
+                                   scales=scales, slide=slide, amp=amp)
+    write_prediction_meta(out_dir, coco.images, classes, out_size, **identity)
     return out_dir
+
+
+def predict_run(run: str | os.PathLike | Run, split: str, coco_file=None, data_root=None,
+                out_dir: str | os.PathLike | None = None, checkpoint: str = "best",
+                progress: bool = False, save_full_labels: bool = False, batch_size: int = 4,
+                **options) -> PredictionFolder:
+    """The prediction folder of a run's checkpoint on a COCO file, predicted unless a complete
+    folder made the same way (`prediction_identity`: checkpoint, file, TTA, slide, out_size,
+    reduction, amp) is already there.
+
+    coco_file: default the run's validation file for split "val", else `data_root`/test.json;
+    data_root: default the run's. Default folder: outputs/predictions/<run name>/<split>.
+    `options` go to `predict_dataset` (out_size, reduction, flips, scales, slide, amp).
+
+    Example:
+        >>> predict_run("efficientnet_lite0_fold0", "test", flips=("h",))       # doctest: +SKIP
+    """
+    from segkit.classes import ClassTable
+    from segkit.coco import load_coco
+    from segkit.inference import check_model_classes, load_model
+
+    run = Run.open(run)
+    root, val_file = run.data()
+    root = Path(data_root) if data_root else root
+    coco = load_coco(coco_file or (val_file if split == "val" else root / "test.json"))
+    ckpt = run.checkpoint(checkpoint)
+    out_dir = Path(out_dir) if out_dir else outputs_dir() / "predictions" / run.name / split
+    wanted = prediction_identity(ckpt, coco.path, split, **options)
+    if (out_dir / "meta.json").exists():
+        try:
+            meta = read_prediction_meta(out_dir)
+        except SegkitError:
+            meta = {}
+        labels_ok = not save_full_labels or (out_dir / "labels").is_dir()
+        if labels_ok and all(meta.get(k) == v for k, v in wanted.items()):
+            return PredictionFolder(out_dir)
+    model = load_model(run, checkpoint)
+    check_model_classes(model, ClassTable.for_coco(coco.categories).names, str(coco.path))
+    predict_dataset(model, coco, root, out_dir, split=split, progress=progress,
+                    save_full_labels=save_full_labels, batch_size=batch_size, **options)
+    return PredictionFolder(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,18 +366,6 @@ class Evaluation:
     per_image: pd.DataFrame  # image_id, file_name, mIoU; lowest first: label-noise candidates
 
 
-def run_data(run_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """(data root, validation COCO file) a run was trained with, from its params.json."""
-    from segkit.sample import resolve_data_root
-    from segkit.train import fold_files, run_parameters
-
-    params = run_parameters(run_dir)
-    root = resolve_data_root(params.get("data_root", ""))
-    if params.get("val_file"):
-        return root, Path(params["val_file"])
-    return root, fold_files(int(params.get("fold", 0)), params.get("splits_dir"))[1]
-
-
 def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
     """Score a prediction folder of `coco`'s images: at full size when the folder holds
     full-size label maps (labels/), else at the stored probabilities' size against the truth
@@ -369,23 +375,21 @@ def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
     from segkit.classes import ClassTable
     from segkit.coco import cached_label_maps, read_label
     from segkit.metrics import ConfusionMatrix, miou, per_class_accuracy, per_class_iou
+    from segkit.vote import argmax_classes
 
-    pred_dir = Path(pred_dir)
-    meta = read_prediction_meta(pred_dir)
+    folder = PredictionFolder(pred_dir)
     classes = classes or ClassTable.for_coco(coco.categories)
-    if list(meta["classes"]) != list(classes.names):
-        raise SegkitError(f"{pred_dir}: predicted classes {meta['classes']} differ from "
+    if folder.classes != list(classes.names):
+        raise SegkitError(f"{folder.path}: predicted classes {folder.classes} differ from "
                           f"{coco.path}'s {list(classes.names)}")
     truth_paths = cached_label_maps(coco, classes)
     total = ConfusionMatrix(classes.num_classes)
     rows = []
     for img in coco.images:
         truth = read_label(truth_paths[img["id"]])
-        full = pred_dir / "labels" / f"{img['id']}.png"
-        if full.exists():
-            pred = read_label(full)
-        else:
-            pred = load_probs(pred_dir, img["id"]).argmax(0).astype(np.uint8)
+        pred = folder.label(img["id"])
+        if pred is None:
+            pred = argmax_classes(folder.probs(img["id"]))
             truth = cv2.resize(truth, pred.shape[::-1], interpolation=cv2.INTER_NEAREST)
         cm = total.update(pred, truth)
         rows.append((img["id"], img["file_name"], miou(cm)))
@@ -395,3 +399,38 @@ def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
     per_image = pd.DataFrame(rows, columns=["image_id", "file_name", "mIoU"]).sort_values(
         ["mIoU", "image_id"]).reset_index(drop=True)
     return Evaluation(cm, miou(cm), per_class, per_image)
+
+
+def predict_validation(run: str | os.PathLike | Run, checkpoint: str = "best", val_file=None,
+                       data_root=None, name: str = "", **options
+                       ) -> tuple[PredictionFolder, Evaluation]:
+    """05_predict's validation half: predict the run's validation file (or `val_file`) with
+    full-size labels and score it at the annotated size."""
+    from segkit.coco import load_coco
+
+    run = Run.open(run)
+    coco = load_coco(val_file or run.data()[1])
+    out_dir = outputs_dir() / "predictions" / (name or run.name) / "val"
+    folder = predict_run(run, "val", coco.path, data_root, out_dir, checkpoint,
+                         save_full_labels=True, **options)
+    return folder, evaluate(folder.path, coco)
+
+
+def predict_test(run: str | os.PathLike | Run, checkpoint: str = "best",
+                 test_file: str = "test.json", data_root=None, name: str = "", **options
+                 ) -> PredictionFolder:
+    """05_predict's test half: predict `data_root`/`test_file` and write the submission CSV,
+    checked against the test file (a SubmissionError names the first problem)."""
+    from segkit.errors import SubmissionError
+    from segkit.submission import validate_submission
+
+    run = Run.open(run)
+    root = Path(data_root) if data_root else run.data_root
+    out_dir = outputs_dir() / "predictions" / (name or run.name) / "test"
+    folder = predict_run(run, "test", root / test_file, root, out_dir, checkpoint,
+                         save_full_labels=True, **options)
+    problems = validate_submission(folder.submission, root / test_file,
+                                   size=tuple(options.get("out_size", SUBMISSION_SIZE)))
+    if problems:
+        raise SubmissionError(f"{folder.submission}: {problems[0]}")
+    return folder

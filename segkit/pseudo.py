@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from segkit.checks import check_choice
 from segkit.classes import IGNORE_INDEX, ClassTable
 from segkit.errors import ParameterError, SegkitError
-from segkit.pipeline import notebook_parameters
-from segkit.train import run_parameters
+from segkit.paths import atomic_folder
+from segkit.predict import PredictionSet, folder_weights
+from segkit.runs import Run
 
 # Probabilities are stored in steps of 1/255 and resizing sums float32 weights: a pixel whose
 # top probability equals the threshold up to this rounding counts as reaching it.
@@ -108,7 +108,7 @@ def _source_coco(folders, test_json, data_root):
     from segkit.coco import load_coco
 
     if test_json is None:
-        source = read_meta_source(folders.dirs[0])
+        source = folders.folders[0].meta.get("source")
         if source is None:
             raise ParameterError(f"{folders.dirs[0] / 'meta.json'} does not name the COCO file "
                                  "it was predicted from: pass test_json")
@@ -134,29 +134,11 @@ def _source_coco(folders, test_json, data_root):
     return coco, root
 
 
-def read_meta_source(pred_dir: str | os.PathLike) -> str | None:
-    """The COCO file a prediction folder was predicted from (its meta.json "source")."""
-    from segkit.predict import read_prediction_meta
-
-    return read_prediction_meta(pred_dir).get("source")
-
-
-def _mean_probs(dirs: list[Path], image_id, num_classes: int, weights: np.ndarray) -> np.ndarray:
-    from segkit.ensemble import _load_quantised
-
-    total = None
-    for d, w in zip(dirs, weights, strict=True):
-        if not w:
-            continue
-        q = _load_quantised(d, image_id, num_classes).astype(np.float32)
-        if total is None:
-            total = q * np.float32(w)
-        elif q.shape != total.shape:
-            raise SegkitError(f"{d}: probabilities of image id {image_id} are {q.shape}, but "
-                              f"{dirs[0]}'s are {total.shape}")
-        else:
-            total += q * np.float32(w)
-    return total / np.float32(weights.sum() * 255.0)
+def _mean_probs(folders: PredictionSet, image_id, weights) -> np.ndarray:
+    """The weighted mean of the folders' probabilities of one image, float32 (C, H, W)."""
+    total = folders.weighted_sum(image_id, weights)
+    return (total / (folder_weights(weights, len(folders.dirs))[0].sum() * 255.0)
+            ).astype(np.float32)
 
 
 def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -180,14 +162,14 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
 
     from segkit.coco import write_coco, write_png
     from segkit.eda import write_table
-    from segkit.ensemble import _check_weights, _read_folders, _replace_folder
+    from segkit.inference import resize_probs
     from segkit.paths import write_text_atomic
-    from segkit.predict import resize_probs
+    from segkit.vote import check_weights
 
     threshold = check_threshold(threshold)
     dirs = [pred_dirs] if isinstance(pred_dirs, (str, os.PathLike)) else list(pred_dirs)
-    folders = _read_folders(dirs, minimum=1)
-    weight_array = _check_weights(weights, len(folders.dirs), "prediction folders")
+    folders = PredictionSet.open(dirs, minimum=1)
+    weight_array = check_weights(weights, len(folders.dirs), "prediction folders")
     coco, root = _source_coco(folders, test_json, data_root)
     num_classes = len(folders.classes)
     out_dir = Path(out_dir)
@@ -197,12 +179,10 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     kept = np.zeros(num_classes, np.int64)
     kept_share: dict[int, float] = {}
     images = []
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as building:
         for image in tqdm(folders.images, desc="pseudo labels", disable=not progress):
             entry = by_id[image["id"]]
-            probs = _mean_probs(folders.dirs, image["id"], num_classes, weight_array)
+            probs = _mean_probs(folders, image["id"], weight_array)
             full = resize_probs(probs, (entry["height"], entry["width"]))
             label = label_from_probs(full, threshold)
             argmax = full.argmax(0)
@@ -230,10 +210,6 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
                 "images": images, "annotations": [], "categories": coco.categories,
                 "segkit": {"image_root": _image_root_entry(root, out_dir)}}
         write_coco(data, building / "pseudo.json")
-        _replace_folder(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return PseudoResult(out_dir, out_dir / "pseudo.json", report, kept_share)
 
 
@@ -242,7 +218,7 @@ def show_examples(result: PseudoResult, classes: ClassTable | None = None,
     """Image, pseudo labels over it (ignored pixels white) and the ignore mask, one row per
     image: by default the images with the lowest, middle and highest share of kept pixels."""
     from segkit.coco import load_coco, read_image, read_label
-    from segkit.train import resolve_source
+    from segkit.sources import resolve_source
     from segkit.viz import legend_handles, overlay, show_grid
 
     ann_file, root = resolve_source(result.coco_path)
@@ -290,9 +266,7 @@ ROUND2_STARTS = ("round1", "scratch")
 
 def check_round2_start(start: str) -> str:
     """"round1" (start from round 1's checkpoint) or "scratch", else a ParameterError."""
-    if start not in ROUND2_STARTS:
-        raise ParameterError(f"round 2 start={start!r}; allowed: {', '.join(ROUND2_STARTS)}")
-    return start
+    return check_choice("round2_start", start, ROUND2_STARTS)
 
 
 def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.PathLike],
@@ -306,29 +280,24 @@ def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | o
     passed; `overrides` (iters, ...) win, and one the notebook does not declare is a
     ParameterError.
     """
-    import inspect
-
-    from segkit.predict import resolve_checkpoint
-    from segkit.train import build_config
+    from segkit.pipeline import notebook_parameters
+    from segkit.train_parameters import defaults
 
     check_round2_start(start)
+    run = Run.open(run_dir)
     declared = notebook_parameters(notebook)
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
         raise ParameterError(f"{notebook} has no parameters {unknown}; it has: "
                              f"{', '.join(declared)}")
-    # what round 1 did not set explicitly was segkit.train's default, not the notebook's
-    defaults = {name: p.default for name, p in
-                inspect.signature(build_config).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    recorded = {**defaults, **run_parameters(run_dir)}
+    # runs recorded before every parameter was: what they did not record was the default
+    recorded = {**defaults(), **run.parameters}
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in recorded.items()
               if k in declared and k not in _NOT_INHERITED}
     params.update(overrides)
     params["extra_train_files"] = [str(p) for p in pseudo_files]
     params["run_name"] = run_name
-    params["load_from"] = str(resolve_checkpoint(run_dir, checkpoint)) if start == "round1" \
-        else ""
+    params["load_from"] = str(run.checkpoint(checkpoint)) if start == "round1" else ""
     return params
 
 
@@ -343,12 +312,11 @@ def train_round2(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.Pat
     """
     from segkit.paths import outputs_dir
     from segkit.pipeline import run_notebook
-    from segkit.train import last_checkpoint
 
     params = round2_parameters(run_dir, pseudo_files, run_name, start, checkpoint, **overrides)
     work_dir = outputs_dir() / "runs" / run_name
-    if last_checkpoint(work_dir) is not None:
-        recorded = run_parameters(work_dir)
+    if Run(work_dir).last_checkpoint is not None:
+        recorded = Run(work_dir).parameters
         differ = sorted(k for k in params if k != "run_name" and k in recorded
                         and recorded[k] != params[k] and not (recorded[k] is None and
                                                               params[k] == ""))
@@ -368,13 +336,11 @@ def round_comparison(run_dirs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
         >>> round_comparison({"round 1": "outputs/runs/a", "round 2": "outputs/runs/a_pseudo"})
         ...                                                                    # doctest: +SKIP
     """
-    from segkit.train import summarize
-
     if not run_dirs:
         raise ParameterError("round_comparison needs at least one run folder")
     columns = {}
     for name, run_dir in run_dirs.items():
-        result = summarize(run_dir)
+        result = Run.open(run_dir).summary()
         if not np.isfinite(result.best_miou):
             raise SegkitError(f"{run_dir}: no validation results in the run's logs")
         series = result.per_class_iou.astype(float)

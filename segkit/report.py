@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from segkit.errors import SegkitError
-from segkit.paths import outputs_dir
-from segkit.train import last_checkpoint, read_scalars, run_parameters, summarize
+from segkit.runs import Run, find_runs
 
 # the parameters worth a column when runs are compared side by side
 KEY_PARAMETERS = ("model", "fold", "image_size", "crop_size", "batch_size", "iters", "lr",
@@ -22,31 +21,23 @@ KEY_PARAMETERS = ("model", "fold", "image_size", "crop_size", "batch_size", "ite
                   "load_from")
 
 
-def find_runs(runs_root: str | os.PathLike | None = None) -> list[Path]:
-    """Run folders (with at least one checkpoint) under `runs_root` (default outputs/runs)."""
-    root = Path(runs_root) if runs_root else outputs_dir() / "runs"
-    if not root.exists():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and last_checkpoint(p) is not None)
-
-
 def runs_table(runs: list[str | os.PathLike] | None = None) -> pd.DataFrame:
     """One row per run: key parameters, best val mIoU, per-class IoU, time, checkpoint."""
     rows = []
-    for run_dir in runs if runs is not None else find_runs():
-        run_dir = Path(run_dir)
+    for run in runs if runs is not None else find_runs():
+        run = Run.open(run)
         try:
-            params = run_parameters(run_dir)
+            params = run.parameters
         except SegkitError:  # a run copied without its params.json still has scores
             params = {}
-        result = summarize(run_dir)
-        row = {"run": run_dir.name}
+        result = run.summary()
+        row = {"run": run.name}
         for key in KEY_PARAMETERS:
             value = params.get(key)
             row[key] = ", ".join(map(str, value)) if isinstance(value, list) else value
         row.update(best_mIoU=result.best_miou, minutes=result.seconds / 60,
                    checkpoint=str(result.best_checkpoint or result.last_checkpoint),
-                   path=str(run_dir))
+                   path=str(run.path))
         row.update({f"IoU {k}": v for k, v in result.per_class_iou.items()})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -58,10 +49,10 @@ def runs_table(runs: list[str | os.PathLike] | None = None) -> pd.DataFrame:
 def curves(runs: list[str | os.PathLike]) -> pd.DataFrame:
     """Long table of (run, step, kind, loss, mIoU) for plotting several runs together."""
     frames = []
-    for run_dir in runs:
-        df = read_scalars(run_dir)
+    for run in map(Run.open, runs):
+        df = run.scalars()
         keep = [c for c in ("step", "kind", "loss", "mIoU") if c in df.columns]
-        frames.append(df[keep].assign(run=Path(run_dir).name))
+        frames.append(df[keep].assign(run=run.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -87,12 +78,10 @@ def confused_pairs(confusion, class_names, top: int = 10) -> pd.DataFrame:
         .reset_index(drop=True)
 
 
-def val_predictions(run_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
-    """The run's validation prediction folder (outputs/predictions/<run>/val, as 05 writes
-    it), predicting it first if it is missing."""
-    from segkit.ensemble import predict_run
-    from segkit.predict import run_data
+def val_predictions(run: str | os.PathLike | Run, checkpoint: str = "best") -> Path:
+    """The run's validation prediction folder with full-size labels (outputs/predictions/
+    <run>/val, as 05 writes it with its defaults), predicting it first if it is missing."""
+    from segkit.predict import predict_run
 
-    root, val_file = run_data(run_dir)
-    return predict_run(run_dir, val_file, root, "val", checkpoint=checkpoint,
-                       save_full_labels=True)
+    return predict_run(run, "val", checkpoint=checkpoint, save_full_labels=True,
+                       flips=("h",)).path

@@ -240,3 +240,38 @@ def plot_class_bars(df, ax=None):
     if len(df.columns) == 1 and ax.get_legend() is not None:
         ax.get_legend().remove()  # one column: the legend would only repeat the axis title
     return ax
+
+
+def show_disagreement(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], classes: ClassTable,
+                      names: Sequence[str]):
+    """One row per image: the image, each model's label map over it, and the per-pixel
+    disagreement (share of models differing from their vote). `rows` are (title, RGB image,
+    label maps (M, H, W)), as `segkit.ensemble.disagreement_examples` returns them."""
+    import matplotlib.pyplot as plt
+
+    from segkit.vote import disagreement
+
+    if not rows:
+        raise ParameterError("show_disagreement needs at least one image")
+    count = rows[0][2].shape[0]
+    if len(names) != count:
+        raise ParameterError(f"{len(names)} names for {count} models")
+    fig, axes = plt.subplots(len(rows), count + 2, figsize=(3 * (count + 2), 3 * len(rows)),
+                             squeeze=False)
+    present, shown = set(), None
+    for r, (title, image, labels) in enumerate(rows):
+        panels = [image] + [overlay(image, lab, classes, alpha=0.6) for lab in labels]
+        present.update(np.unique(labels).tolist())
+        for c, (panel, name) in enumerate(zip(panels, ["image", *names], strict=True)):
+            axes[r, c].imshow(panel)
+            axes[r, c].set_title(name if r == 0 else "")
+        shown = axes[r, -1].imshow(disagreement(labels), cmap="magma", vmin=0, vmax=1)
+        axes[r, -1].set_title("disagreement" if r == 0 else "")
+        axes[r, 0].set_ylabel(title)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(shown, ax=axes[:, -1].tolist(), fraction=0.05, label="share of models off the vote")
+    fig.legend(handles=legend_handles(classes, sorted(present)), loc="lower center",
+               ncol=min(6, len(present)), frameon=False)
+    return fig

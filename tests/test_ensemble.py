@@ -11,19 +11,11 @@ import numpy as np
 import pytest
 
 from segkit.__main__ import main
-from segkit.ensemble import (
-    disagreement,
-    greedy_selection,
-    hard_vote,
-    iter_soft_vote,
-    model_ranking,
-    soft_vote,
-    soft_vote_submission,
-    weighted_vote,
-)
+from segkit.ensemble import greedy_selection, iter_soft_vote, soft_vote, write_ensemble_submission
 from segkit.errors import ParameterError, SegkitError, SubmissionError
 from segkit.predict import save_probs, write_prediction_meta
 from segkit.submission import HEADER, read_submission, write_submission
+from segkit.vote import disagreement, hard_vote, model_ranking, weighted_vote
 
 SIZE = (8, 8)
 NAMES = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
@@ -298,9 +290,9 @@ def test_soft_vote_writes_the_weighted_mean(tmp_path, folders):
         np.testing.assert_array_equal(stored, np.rint(mean).astype(np.uint8))
 
 
-def test_soft_vote_submission_is_the_argmax_of_the_mean(tmp_path, folders):
+def test_soft_vote_submission_is_the_argmax_of_the_sum(tmp_path, folders):
     dirs, probs = folders
-    out = soft_vote_submission(dirs, tmp_path / "soft.csv")
+    out = write_ensemble_submission(dirs, tmp_path / "soft.csv", "soft")
     names, values = read_submission(out, num_classes=3, size=(4, 4))
     assert names == ["x/7.jpg", "x/3.jpg"]
     for row, image_id in enumerate((7, 3)):
@@ -327,7 +319,7 @@ def test_cli_ensemble_soft(tmp_path, folders, capsys):
     code = main(["ensemble", "--method", "soft", "--out", str(out), *map(str, dirs)])
     assert code == 0, capsys.readouterr()
     assert out.read_text().startswith(HEADER + "\nx/7.jpg,")
-    assert out.read_bytes() == soft_vote_submission(dirs, tmp_path / "again.csv").read_bytes()
+    assert out.read_bytes() == write_ensemble_submission(dirs, tmp_path / "again.csv", "soft").read_bytes()
 
 
 def test_soft_vote_checks_the_folders_agree(tmp_path, folders):
@@ -346,14 +338,14 @@ def test_soft_vote_checks_the_folders_agree(tmp_path, folders):
     for bad, message in cases:
         out_csv, out_dir = tmp_path / "out.csv", tmp_path / "out_dir"
         with pytest.raises(SegkitError, match=re.escape(message)) as info:
-            soft_vote_submission([dirs[0], bad], out_csv)
+            write_ensemble_submission([dirs[0], bad], out_csv, "soft")
         assert str(bad) in str(info.value) or str(dirs[0]) in str(info.value)
         with pytest.raises(SegkitError):
             soft_vote([dirs[0], bad], out_dir)
         assert not out_csv.exists() and not out_dir.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     with pytest.raises(ParameterError, match="at least 2"):
-        soft_vote_submission(dirs[:1], tmp_path / "one.csv")
+        soft_vote(dirs[:1], tmp_path / "one")
     with pytest.raises(ParameterError, match="2 weights for 3"):
         soft_vote(dirs, tmp_path / "w", [1, 2])
 

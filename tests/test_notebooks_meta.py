@@ -33,3 +33,12 @@ def test_committed_without_outputs(path):
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None
+
+
+def test_04_train_declares_every_training_parameter_with_its_default():
+    """The table of training defaults is held once: 04_train's cell is written from it."""
+    from segkit.train_parameters import parameters_cell
+
+    nb = json.loads((NOTEBOOKS_DIR / "04_train.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert "".join(cell["source"]) == parameters_cell()

@@ -13,8 +13,10 @@ from segkit.coco import load_coco, read_label
 from segkit.errors import ParameterError, SegkitError
 from segkit.metrics import confusion_matrix, miou
 from segkit.paths import outputs_dir
-from segkit.predict import save_probs, write_prediction_meta
+from segkit.predict import predict_run, save_probs, write_prediction_meta
+from segkit.runs import Run, common_validation, find_runs
 from segkit.submission import read_submission, validate_submission
+from segkit.vote import hard_vote, weighted_vote
 from tests.conftest import notebook_text, run_notebook, tiny_train_params
 
 C = len(TRASH)
@@ -136,7 +138,7 @@ def test_score_ensembles_against_direct_computation(tmp_path):
         cm = sum(confusion_matrix(labels[i], truth[i], C) for i in truth)
         assert table.loc["mIoU", name] == pytest.approx(miou(cm))
     assert table["only c"].equals(table["c"])
-    hard_cm = sum(confusion_matrix(ensemble.weighted_vote(np.stack([m[i] for m in models]),
+    hard_cm = sum(confusion_matrix(weighted_vote(np.stack([m[i] for m in models]),
                                                           [1, 1, 3], C), truth[i], C)
                   for i in truth)
     assert table.loc["mIoU", "hard"] == pytest.approx(miou(hard_cm))
@@ -167,7 +169,7 @@ def test_write_ensemble_submission_methods(tmp_path):
                          list(labels.values()), C, (4, 4))
         dirs.append(d)
     hard = ensemble.write_ensemble_submission(dirs, tmp_path / "hard.csv", "hard", [1, 2, 1])
-    direct = ensemble.hard_vote([d / "submission.csv" for d in dirs], tmp_path / "direct.csv",
+    direct = hard_vote([d / "submission.csv" for d in dirs], tmp_path / "direct.csv",
                                 [1, 2, 1], C, (4, 4))
     assert hard.read_bytes() == direct.read_bytes()
     # a zero weight drops a model; one model left is that model's own prediction
@@ -188,7 +190,7 @@ def test_write_ensemble_submission_methods(tmp_path):
 
 def test_runs_of_a_fold_and_their_common_validation(trained_run, second_run, sample_root,
                                                     tmp_path):
-    root, val = ensemble.common_validation([trained_run.work_dir, second_run.work_dir])
+    root, val = common_validation([trained_run.work_dir, second_run.work_dir])
     assert root == sample_root and val == sample_root / "val.json"
     other = tmp_path / "other_run"
     other.mkdir()
@@ -196,7 +198,7 @@ def test_runs_of_a_fold_and_their_common_validation(trained_run, second_run, sam
     (other / "params.json").write_text(json.dumps({**params,
                                                    "val_file": str(sample_root / "train.json")}))
     with pytest.raises(SegkitError, match=f"{other}: validated on .*train.json"):
-        ensemble.common_validation([trained_run.work_dir, other])
+        common_validation([trained_run.work_dir, other])
     # find_runs: only runs with a checkpoint validated on the fold's val file
     from segkit.split import split_file
 
@@ -212,36 +214,50 @@ def test_runs_of_a_fold_and_their_common_validation(trained_run, second_run, sam
     (runs / "no_checkpoint").mkdir()
     (runs / "no_checkpoint" / "params.json").write_text(
         json.dumps({**params, "val_file": str(splits / "fold0_val.json")}))
-    assert ensemble.find_runs(0, runs) == [runs / "on_fold"]
-    assert ensemble.find_runs(1, runs) == [runs / "other_fold"]
+    assert find_runs(runs, fold=0) == [Run(runs / "on_fold")]
+    assert find_runs(runs, fold=1) == [Run(runs / "other_fold")]
+    assert [r.name for r in find_runs(runs)] == ["on_fold", "other_fold"]
 
 
-def test_predict_run_reuses_a_complete_folder(trained_run, sample_root, tmp_path, monkeypatch):
-    out = ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root,
-                               "val", out_dir=tmp_path / "val")
+def test_predict_run_reuses_a_folder_made_the_same_way_only(trained_run, sample_root, tmp_path,
+                                                           monkeypatch):
+    val_json = sample_root / "val.json"
+    out = predict_run(trained_run.work_dir, "val", val_json, sample_root,
+                      out_dir=tmp_path / "val").path
     meta = out / "meta.json"
     stamp = meta.stat().st_mtime_ns
-    again = ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root,
-                                 "val", out_dir=tmp_path / "val")
-    assert again == out and meta.stat().st_mtime_ns == stamp
+    again = predict_run(trained_run.work_dir, "val", val_json, sample_root,
+                        out_dir=tmp_path / "val")
+    assert again.path == out and meta.stat().st_mtime_ns == stamp
     # the same run and file named by relative paths (as 05_predict may record them): reused
     monkeypatch.chdir(tmp_path)
-    again = ensemble.predict_run(os.path.relpath(trained_run.work_dir),
-                                 os.path.relpath(sample_root / "val.json"), sample_root, "val",
-                                 out_dir="val")
+    predict_run(os.path.relpath(trained_run.work_dir), "val", os.path.relpath(val_json),
+                sample_root, out_dir="val")
     assert meta.stat().st_mtime_ns == stamp
     # predicted from relative names, the folder records where they are from any folder
-    fresh = ensemble.predict_run(os.path.relpath(trained_run.work_dir), "../" + os.path.relpath(
-        sample_root / "val.json", tmp_path.parent), sample_root, "val", out_dir="fresh")
+    fresh = predict_run(os.path.relpath(trained_run.work_dir), "val",
+                        "../" + os.path.relpath(val_json, tmp_path.parent), sample_root,
+                        out_dir="fresh").path
     recorded = json.loads((fresh / "meta.json").read_text())
     assert recorded["checkpoint"] == str(trained_run.best_checkpoint.resolve())
-    assert recorded["source"] == str((sample_root / "val.json").resolve())
-    # other TTA: predicted again
-    ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root, "val",
-                         out_dir=tmp_path / "val", flips=("h",))
-    assert json.loads(meta.read_text())["flips"] == ["h"]
-    # another checkpoint: predicted again
-    ensemble.predict_run(trained_run.work_dir, sample_root / "val.json", sample_root, "val",
-                         out_dir=tmp_path / "val", checkpoint="last")
-    recorded = json.loads(meta.read_text())["checkpoint"]
-    assert recorded == str(trained_run.last_checkpoint)
+    assert recorded["source"] == str(val_json.resolve())
+    # any option that changes the output: predicted again, and recorded
+    for option, value, key, expected in (
+            ("flips", ("h",), "flips", ["h"]),
+            ("scales", (0.75, 1.0), "scales", [0.75, 1.0]),
+            ("slide", (64, 32), "slide", [64, 32]),
+            ("out_size", (48, 48), "size", [48, 48]),
+            ("reduction", "nearest", "reduction", "nearest"),
+            ("checkpoint", "last", "checkpoint", str(trained_run.last_checkpoint.resolve()))):
+        stamp = meta.stat().st_mtime_ns
+        predict_run(trained_run.work_dir, "val", val_json, sample_root,
+                    out_dir=tmp_path / "val", **{option: value})
+        assert meta.stat().st_mtime_ns != stamp, option
+        assert json.loads(meta.read_text())[key] == expected, option
+    # another source file with the same images: predicted again
+    stamp = meta.stat().st_mtime_ns
+    copy = tmp_path / "val_copy.json"
+    copy.write_bytes(val_json.read_bytes())
+    predict_run(trained_run.work_dir, "val", copy, sample_root, out_dir=tmp_path / "val",
+                checkpoint="last", reduction="nearest")
+    assert json.loads(meta.read_text())["source"] == str(copy.resolve())

@@ -9,18 +9,15 @@ import pytest
 from segkit.classes import TRASH
 from segkit.coco import load_coco, read_image, write_coco
 from segkit.errors import SegkitError
+from segkit.inference import check_model_classes, load_model, predict_probs, reduce_label
 from segkit.predict import (
-    check_model_classes,
     dequantize_probs,
     evaluate,
-    load_model,
     predict_dataset,
-    predict_probs,
     quantize_probs,
     read_prediction_meta,
-    reduce_label,
-    run_data,
 )
+from segkit.runs import Run
 from segkit.submission import read_submission, validate_submission
 
 
@@ -30,7 +27,7 @@ def model(trained_run):
 
 
 def test_checkpoint_predicts_what_validation_measured(trained_run, model, sample_root, tmp_path):
-    root, val_file = run_data(trained_run.work_dir)
+    root, val_file = Run.open(trained_run.work_dir).data()
     assert root == sample_root and val_file == sample_root / "val.json"
     coco = load_coco(val_file)
     out = predict_dataset(model, coco, root, tmp_path / "val", split="val",
@@ -83,7 +80,7 @@ def test_reductions():
     assert reduce_label(label, (1, 2), "max2x2").tolist() == [[2, 3]]
     assert reduce_label(np.kron(label, np.ones((2, 2), np.uint8)), (2, 4)).tolist() == \
         label.tolist()
-    with pytest.raises(SegkitError, match="allowed: probs, nearest, max2x2"):
+    with pytest.raises(SegkitError, match="allowed: nearest, max2x2"):
         reduce_label(label, (1, 2), "mode")
 
 
@@ -105,7 +102,10 @@ def test_bad_inputs(trained_run, model, sample_root, tmp_path):
     empty = tmp_path / "empty_run"
     empty.mkdir()
     shutil.copy(trained_run.work_dir / "config.py", empty / "config.py")
-    with pytest.raises(SegkitError, match="empty_run: no checkpoint"):
+    with pytest.raises(SegkitError, match="empty_run: not a run folder"):
+        load_model(empty)
+    (empty / "params.json").write_text("{}")
+    with pytest.raises(SegkitError, match="empty_run: no checkpoint 'best'"):
         load_model(empty)
     with pytest.raises(SegkitError, match="predicts 11 classes but the data has 3"):
         check_model_classes(model, ["Background", "a", "b"])
@@ -118,7 +118,7 @@ def test_bad_inputs(trained_run, model, sample_root, tmp_path):
     assert not (tmp_path / "out" / "meta.json").exists()
     assert not list((tmp_path / "out").rglob("*.npy"))
     with pytest.raises(SegkitError, match="not a run folder"):
-        run_data(tmp_path)
+        Run.open(tmp_path).data()
 
 
 def test_meta_lists_images_in_order(model, sample_root, tmp_path):

@@ -12,7 +12,9 @@ from segkit.classes import TRASH
 from segkit.coco import load_coco
 from segkit.errors import ParameterError
 from segkit.metrics import confusion_matrix, miou
-from segkit.train import LOSSES, build_config, read_scalars, run
+from segkit.runs import Run, read_scalars
+from segkit.train import build_config, run
+from segkit.train_parameters import LOSSES
 from tests.conftest import tiny_train_params
 
 
@@ -108,7 +110,7 @@ def test_param_groups_are_merged_without_changing_any_parameters_options(sample_
 
 def test_balanced_class_weights_favour_rare_classes(sample_root):
     from segkit.eda import pixel_counts
-    from segkit.train import balanced_class_weights
+    from segkit.losses import balanced_class_weights
 
     weights = np.array(balanced_class_weights(sample_root / "train.json", TRASH))
     pixels = pixel_counts(load_coco(sample_root / "train.json"), TRASH).sum()
@@ -138,7 +140,7 @@ def test_bad_parameters(sample_root, tmp_path):
         build_config(**tiny_train_params(sample_root, loss="l2"))
     with pytest.raises(ParameterError, match="unknown model 'resnet9'"):
         build_config(**tiny_train_params(sample_root, model="resnet9"))
-    with pytest.raises(ParameterError, match="fold=7: .*fold7_train.json"):
+    with pytest.raises(ParameterError, match=f"no fold files .* in {tmp_path}"):
         build_config(data_root=str(sample_root), fold=7, splits_dir=str(tmp_path))
     with pytest.raises(ParameterError, match="class_weights has 3 values"):
         build_config(**tiny_train_params(sample_root, class_weights=[1, 2, 3]))
@@ -229,12 +231,11 @@ def test_weight_averaging_runs(averaging, sample_root, tmp_path):
 
 
 def test_last_checkpoint_survives_a_moved_run_folder(tmp_path):
-    from segkit.train import last_checkpoint
 
     (tmp_path / "iter_5.pth").write_bytes(b"")
     (tmp_path / "iter_10.pth").write_bytes(b"")
     # mmengine's marker holds the absolute path of the folder the run was trained in
     (tmp_path / "last_checkpoint").write_text("/gpu-server/runs/lite0/iter_5.pth")
-    assert last_checkpoint(tmp_path) == tmp_path / "iter_5.pth"
+    assert Run(tmp_path).last_checkpoint == tmp_path / "iter_5.pth"
     (tmp_path / "last_checkpoint").unlink()
-    assert last_checkpoint(tmp_path) == tmp_path / "iter_10.pth"
+    assert Run(tmp_path).last_checkpoint == tmp_path / "iter_10.pth"

@@ -16,9 +16,9 @@ import argparse
 
 from segkit.classes import ClassTable
 from segkit.coco import load_coco
-from segkit.ensemble import common_validation, predict_run, score_ensembles, truth_at_size
-from segkit.paths import outputs_dir
-from segkit.predict import read_prediction_meta
+from segkit.ensemble import score_ensembles, truth_at_size
+from segkit.predict import predict_run
+from segkit.runs import Run, common_validation
 
 
 def main() -> None:
@@ -28,12 +28,12 @@ def main() -> None:
     parser.add_argument("--ensembles", nargs="*", default=[], help="e.g. run_a+run_b")
     args = parser.parse_args()
 
-    runs = [outputs_dir() / "runs" / name for name in args.runs]
+    runs = [Run.open(name) for name in args.runs]
     _, val_json = common_validation(runs)
     coco = load_coco(val_json)
     classes = ClassTable.for_coco(coco.categories)
-    folders = [predict_run(run, val_json, args.data_root, "val", flips=["h"]) for run in runs]
-    truth = truth_at_size(coco, classes, read_prediction_meta(folders[0])["size"])
+    folders = [predict_run(run, "val", val_json, args.data_root, flips=["h"]) for run in runs]
+    truth = truth_at_size(coco, classes, folders[0].size)
     # an equal-weight soft vote of the named members: weight 1 for them, 0 for the others
     soft = {e.replace("+", " + "): [float(name in e.split("+")) for name in args.runs]
             for e in args.ensembles}

@@ -1,0 +1,198 @@
+"""The parts segkit registers with mmseg's and mmengine's registries, on import of this module
+(mmseg's own way): the COCO dataset, the IoU metric, the RNG-state hook, the grouped optimizer
+constructor, and (by importing them) segkit's backbones and losses.
+
+A saved run config names this module in `custom_imports`, so mmseg's own tools load it.
+
+Example:
+    >>> import segkit.components  # doctest: +SKIP
+    >>> from mmseg.registry import DATASETS; "CocoSegDataset" in DATASETS.module_dict  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+
+import numpy as np
+
+from segkit import compat
+
+compat.apply()  # before mmseg's models are imported below: the mmcv._ext stand-in
+
+import torch  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.logging import MMLogger, print_log  # noqa: E402
+from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
+from mmseg.datasets import BaseSegDataset  # noqa: E402
+from mmseg.evaluation import IoUMetric  # noqa: E402
+from mmseg.registry import DATASETS, METRICS  # noqa: E402
+from torch.nn import GroupNorm, LayerNorm  # noqa: E402
+from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
+from torch.nn.modules.instancenorm import _InstanceNorm  # noqa: E402
+
+import segkit.backbones  # noqa: E402,F401  (registers ConvNeXt, EfficientNetLite0)
+import segkit.losses  # noqa: E402,F401  (registers SoftmaxFocalLoss, MaskedDiceLoss)
+from segkit.classes import ClassTable  # noqa: E402
+from segkit.metrics import iou_from_areas, mean_iou  # noqa: E402
+from segkit.sources import data_list  # noqa: E402
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+@HOOKS.register_module()
+class RNGStateHook(Hook):
+    """Makes `resume=True` continue exactly where a killed run stopped.
+
+    On resume mmengine re-seeds every generator and fast-forwards the sampler without
+    loading the skipped batches, so the augmentations (numpy) and dropout / drop-path
+    masks (torch) would differ from an uninterrupted run. Checkpoints keep the generators'
+    states; numpy's and Python's are put back before the first resumed batch is loaded,
+    torch's after it (creating the data loader iterator draws from torch's generator).
+    Validation leaves the generators as it found them, so training draws the same
+    numbers whatever the validation interval.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self):
+        self._saved = None
+        self._before_val = None
+
+    @staticmethod
+    def _states():
+        return dict(
+            torch=torch.get_rng_state(), numpy=np.random.get_state(),
+            python=random.getstate(),
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+    def before_val_epoch(self, runner):
+        self._before_val = self._states()
+
+    def after_val_epoch(self, runner, metrics=None):
+        if self._before_val:
+            torch.set_rng_state(self._before_val["torch"])
+            np.random.set_state(self._before_val["numpy"])
+            random.setstate(self._before_val["python"])
+            self._before_val = None
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint["segkit_rng"] = self._before_val or self._states()
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        self._saved = checkpoint.get("segkit_rng")
+
+    def before_train(self, runner):
+        if self._saved:
+            np.random.set_state(self._saved["numpy"])
+            random.setstate(self._saved["python"])
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if self._saved:
+            torch.set_rng_state(self._saved["torch"])
+            if self._saved["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._saved["cuda"])
+            self._saved = None
+
+
+@DATASETS.register_module()
+class CocoSegDataset(BaseSegDataset):
+    """Semantic segmentation from COCO files: `sources` is a list of COCO files (or dicts
+    `ann_file` / `data_root`); `metainfo` carries the class names and palette."""
+
+    METAINFO: dict = {}
+
+    def __init__(self, sources, data_root=None, subset_size=None, **kwargs):
+        self.sources = list(sources)
+        self.source_root = data_root
+        self.subset_size = subset_size
+        super().__init__(data_root=None, **kwargs)
+
+    def load_data_list(self):
+        meta = self._metainfo
+        table = ClassTable(tuple(meta["classes"]), tuple(map(tuple, meta["palette"])))
+        infos = data_list(self.sources, table, self.source_root)
+        if self.subset_size:  # debug mode: a fixed, evenly spread subset
+            step = max(1, len(infos) // self.subset_size)
+            infos = infos[::step][: self.subset_size]
+        return infos
+
+
+@METRICS.register_module()
+class SegkitIoUMetric(IoUMetric):
+    """mmseg's IoUMetric reporting fractions (0-1, as the leaderboard does) and each
+    class's IoU as `IoU.<class>`; classes absent from truth and prediction are left out of
+    the mean."""
+
+    default_prefix = ""  # the keys stay `mIoU`, `IoU.<class>` (and mmengine stays quiet)
+
+    def compute_metrics(self, results: list) -> dict:
+        inter, union, _, label = (np.asarray(sum(r), np.float64) for r in zip(*results))
+        iou = iou_from_areas(inter, union)
+        miou = mean_iou(iou)
+        out = OrderedDict(mIoU=0.0 if np.isnan(miou) else miou,
+                          aAcc=float(inter.sum() / max(label.sum(), 1)))
+        names = self.dataset_meta["classes"]
+        for name, value in zip(names, iou):
+            out[f"IoU.{name}"] = float(value)
+        table = "\n".join(f"  {n:<16} {v:.4f}" for n, v in zip(names, iou))
+        print_log(f"per-class IoU:\n{table}\n  mIoU {out['mIoU']:.4f}", logger="current")
+        return out
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's constructor (`paramwise_cfg`: lr_mult, decay_mult, custom_keys) with the
+    parameters that share options merged into one param group.
+
+    The default constructor makes one group per parameter (177 for SegFormer-B0), so every
+    optimizer step and scheduler step loops over them in Python, and a fused optimizer cannot
+    fuse across groups. Merged, the same update costs a few groups: with `fused=True` the AdamW
+    step of SegFormer-B0 on the CPU drops from 28 ms to 5 ms (benchmarks/README.md).
+
+    `norm_decay_mult` applies to every normalisation layer's parameters, also those a
+    `custom_keys` entry matched (mmengine applies only the first matching key, so a
+    `backbone` lr_mult would otherwise leave the backbone's norms decayed).
+    """
+
+    def add_params(self, params, module, prefix="", is_dcn_module=None):
+        if prefix:  # a recursive call from the default constructor
+            return super().add_params(params, module, prefix, is_dcn_module)
+        # mmengine logs one INFO line per parameter here (hundreds in a notebook); the
+        # merged groups are summarised in one line below instead
+        logger = MMLogger.get_current_instance()
+        quiet = _DropRecords("paramwise_options")
+        logger.addFilter(quiet)
+        per_param: list[dict] = []
+        try:
+            super().add_params(per_param, module, prefix, is_dcn_module)
+        finally:
+            logger.removeFilter(quiet)
+        norm_mult = self.paramwise_cfg.get("norm_decay_mult")
+        if norm_mult is not None and self.base_wd is not None:
+            norms = (_BatchNorm, _InstanceNorm, GroupNorm, LayerNorm)
+            in_norms = {id(p) for m in module.modules() if isinstance(m, norms)
+                        for p in m.parameters(recurse=False)}
+            for group in per_param:
+                if id(group["params"][0]) in in_norms:
+                    group["weight_decay"] = self.base_wd * norm_mult
+        merged: dict[tuple, dict] = {}
+        for group in per_param:
+            options = tuple(sorted((k, repr(v)) for k, v in group.items() if k != "params"))
+            merged.setdefault(options, dict(group, params=[]))["params"] += group["params"]
+        params.extend(merged.values())
+        summary = "; ".join(
+            f"{len(g['params'])} tensors: "
+            + ", ".join(f"{k}={v:g}" for k, v in g.items() if isinstance(v, float))
+            for g in merged.values())
+        logger.info(f"param groups: {summary}")

@@ -1,0 +1,76 @@
+"""Training sources: COCO files (fold files, copy-paste output, pseudo-label lists) and the
+folders their images live in, turned into mmseg's data infos.
+
+Example:
+    >>> ann_file, image_root = resolve_source("copy_paste/fold0/annotations.json")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from segkit.classes import ClassTable
+from segkit.coco import cached_label_maps, load_coco
+from segkit.paths import resolve_output_path
+
+
+def resolve_source(source, data_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(COCO file, folder its file_name entries are relative to) of one training source.
+
+    A source is a path (a relative one may be relative to outputs/) or a
+    dict(ann_file=..., data_root=...). Without an explicit data root,
+    images resolve against the file's `"segkit": {"image_root": ...}` entry (relative to the
+    file's folder, as pseudo-label files write it), else against the file's own folder (as
+    copy-paste output writes it).
+    """
+    if isinstance(source, dict):
+        ann_file = Path(source["ann_file"])
+        data_root = source.get("data_root", data_root)
+    else:
+        ann_file = Path(source)
+    ann_file = resolve_output_path(ann_file)
+    if data_root:
+        return ann_file, Path(data_root)
+    try:
+        meta = json.loads(ann_file.read_text()).get("segkit", {})
+    except (OSError, ValueError):
+        meta = {}  # load_coco reports the problem properly later
+    root = ann_file.parent / meta["image_root"] if "image_root" in meta else ann_file.parent
+    return ann_file, root
+
+
+def data_list(sources, classes: ClassTable, data_root=None) -> list[dict]:
+    """mmseg data infos (img_path, seg_map_path) of every image of the sources, in order.
+
+    Images may carry their own label map as `seg_map` (relative to the COCO file's folder):
+    pseudo labels do, with 255 where the model was unsure. Others use cached label maps.
+    """
+    infos = []
+    for source in sources:
+        ann_file, root = resolve_source(source, data_root)
+        coco = load_coco(ann_file)
+        own = all("seg_map" in img for img in coco.images) and coco.images
+        labels = None if own else cached_label_maps(coco, classes)
+        for img in coco.images:
+            seg = ann_file.parent / img["seg_map"] if own else labels[img["id"]]
+            infos.append(dict(img_path=str(root / img["file_name"]), seg_map_path=str(seg),
+                              label_map=None, reduce_zero_label=False, seg_fields=[],
+                              image_id=img["id"], source=str(ann_file)))
+    return infos
+
+
+def fold_folder(data_root: str | os.PathLike = "", splits_dir: str | os.PathLike = "") -> Path:
+    """The folder of 02_split's fold files: `splits_dir`, default outputs/splits. On the
+    embedded sample (no data root, no splits_dir) missing folds are made with 02_split's
+    defaults, so 03 and 04 run on their own; real data must be split explicitly (02_split)."""
+    from segkit.paths import outputs_dir
+    from segkit.sample import resolve_data_root
+    from segkit.split import available_folds, split_file
+
+    folder = resolve_output_path(splits_dir) if splits_dir else outputs_dir() / "splits"
+    if not os.fspath(data_root) and not splits_dir and not available_folds(folder):
+        print(f"no fold files in {folder}: making them with 02_split's defaults")
+        split_file(resolve_data_root("") / "train_all.json", folder)
+    return folder

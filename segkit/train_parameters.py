@@ -1,0 +1,205 @@
+"""Every training parameter, held once: its default, what it means, and what it accepts.
+
+`04_train`'s parameters cell, `python -m segkit train --help`, `segkit.train.run`, pipeline
+specs and the tests all read this table. The defaults train the CPU-sized model on the embedded
+sample in a few minutes; on real data and GPUs pass sizes and schedules of your own.
+Values may also come as text (papermill's `-p`, the CLI's `key=value`): text is read as YAML
+where a number, a boolean or a list is expected, so `-p augment "[flip]"` works.
+
+Example:
+    >>> check_training_parameters({"iters": "800", "augment": "[flip]"})["augment"]
+    ['flip']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from segkit.errors import ParameterError
+
+SCHEDULES = ("poly", "cosine")
+OPTIMIZERS = ("AdamW", "SGD")
+AUGMENTATIONS = ("flip", "resize_crop", "photometric")
+AVERAGING = (None, "ema", "swa")
+LOSSES = ("ce", "focal", "dice", "ce+dice")
+WEIGHTS = ("auto", "none", "backbone", "zoo")
+LAUNCHERS = ("auto", "none", "pytorch", "slurm")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One training parameter. kind: str | path | int | float | bool | list | any; minimum
+    (inclusive) for numbers; choices for a closed set (for a list: of its items); optional:
+    None is accepted too."""
+
+    name: str
+    default: object
+    help: str
+    kind: str = "str"
+    minimum: float | None = None
+    choices: tuple | None = None
+    optional: bool = False
+
+
+P = Parameter
+TRAINING_PARAMETERS: tuple[Parameter, ...] = (
+    P("data_root", "", "folder the COCO file names are relative to; '': the embedded sample",
+      "path"),
+    P("fold", 0, "train on outputs/splits/fold{fold}_train.json, validate on _val.json",
+      "int", 0, optional=True),
+    P("splits_dir", "", "folder of the fold files; '': outputs/splits", "path"),
+    P("train_file", "", "an explicit training COCO file instead of a fold (with val_file)",
+      "path"),
+    P("val_file", "", "an explicit validation COCO file (with train_file)", "path"),
+    P("extra_train_files", [], "more training sources: copy-paste output, pseudo labels",
+      "list"),
+    P("model", "efficientnet_lite0", "a catalogue name (segkit.models.CATALOGUE) or an mmseg "
+      "config .py"),
+    P("weights", "auto", "auto | none | backbone | zoo (the whole ADE20K model)",
+      choices=WEIGHTS),
+    P("load_from", "", "a whole-model checkpoint (path or URL) to start from", "path"),
+    P("image_size", 128, "images are resized to this (keeping their aspect ratio), then",
+      "int", 1),
+    P("crop_size", 96, "randomly cropped to this", "int", 1),
+    P("batch_size", 4, "images per iteration (per GPU under torchrun)", "int", 1),
+    P("iters", 300, "training iterations", "int", 1),
+    P("epochs", None, "train this many epochs instead of `iters`", "int", 1, optional=True),
+    P("val_interval", 100, "validate (and keep the best checkpoint) every this many "
+      "iterations", "int", 1),
+    P("log_interval", 10, "log the loss every this many iterations", "int", 1),
+    P("num_workers", 2, "data loading processes (0: in the training process)", "int", 0),
+    P("optimizer", "AdamW", "AdamW | SGD", choices=OPTIMIZERS),
+    P("lr", 0.002, "learning rate", "float", 0),
+    P("backbone_lr_mult", 0.1, "the backbone's learning rate is lr times this", "float", 0),
+    P("weight_decay", 0.01, "weight decay (not applied to normalisation layers)", "float", 0),
+    P("warmup_iters", 50, "linear warm-up iterations", "int", 0),
+    P("schedule", "poly", "poly | cosine (after the warm-up)", choices=SCHEDULES),
+    P("loss", "ce", "ce | focal | dice | ce+dice (all skip ignored pixels)", choices=LOSSES),
+    P("class_weights", None, "loss weight per class: one number per class, 'balanced', or "
+      "None", "any"),
+    P("augment", ["flip", "resize_crop"], "any of flip, resize_crop, photometric", "list",
+      choices=AUGMENTATIONS),
+    P("amp", False, "mixed precision: fp16 on GPU, bf16 on CPUs that have it", "bool"),
+    P("averaging", None, "None | ema | swa (mmengine's EMAHook)", choices=AVERAGING,
+      optional=True),
+    P("ema_momentum", 0.001, "EMA momentum (with averaging ema)", "float", 0),
+    P("seed", 42, "random seed", "int", 0),
+    P("deterministic", False, "deterministic cuDNN / torch algorithms", "bool"),
+    P("debug", False, "8 images and 20 iterations: try the whole flow quickly", "bool"),
+    P("run_name", "", "the run folder outputs/runs/<run_name>; '': <model>_fold<fold>"),
+    P("work_dir", "", "an explicit run folder instead of outputs/runs/<run_name>", "path"),
+    P("resume", False, "continue a killed run from its newest checkpoint", "bool"),
+    P("wandb", False, "also log to Weights & Biases", "bool"),
+    P("launcher", "auto", "auto (torchrun / Slurm detected) | none | pytorch | slurm",
+      choices=LAUNCHERS),
+)
+del P
+BY_NAME = {p.name: p for p in TRAINING_PARAMETERS}
+
+
+def defaults() -> dict:
+    """{name: default} of every training parameter (lists copied)."""
+    return {p.name: list(p.default) if isinstance(p.default, list) else p.default
+            for p in TRAINING_PARAMETERS}
+
+
+def help_text() -> str:
+    """One line per parameter: name, default, meaning (the CLI's `train --help`)."""
+    width = max(len(p.name) for p in TRAINING_PARAMETERS)
+    return "\n".join(f"  {p.name:<{width}}  {p.default!r:<26} {p.help}"
+                     for p in TRAINING_PARAMETERS)
+
+
+def _from_text(value, kind: str):
+    if isinstance(value, str) and kind in ("int", "float", "bool", "list", "any"):
+        import yaml
+
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _check_one(p: Parameter, value):
+    value = _from_text(value, p.kind)
+    if value is None and (p.optional or p.kind == "any"):
+        return None
+    shown = f"{p.name}={value!r}"
+    if p.kind in ("str", "path") and p.choices is None:
+        if not isinstance(value, str):
+            value = "" if value is None else value
+            if not isinstance(value, str) and not hasattr(value, "__fspath__"):
+                raise ParameterError(f"{shown}: expected text ({p.help})")
+        return str(value)
+    if p.kind == "bool":
+        if not isinstance(value, bool):
+            raise ParameterError(f"{shown}: expected true or false ({p.help})")
+        return value
+    if p.kind in ("int", "float"):
+        number_types = (int,) if p.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, number_types) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            raise ParameterError(f"{shown}: expected {'an integer' if p.kind == 'int' else 'a number'}"
+                                 f" ({p.help})")
+        if p.minimum is not None and value < p.minimum:
+            raise ParameterError(f"{shown}: must be at least {p.minimum:g} ({p.help})")
+        return float(value) if p.kind == "float" else int(value)
+    if p.kind == "list":
+        if isinstance(value, str):
+            value = [value] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ParameterError(f"{shown}: expected a list, e.g. [a, b] ({p.help})")
+        value = list(value)
+        if p.choices is not None:
+            unknown = [v for v in value if v not in p.choices]
+            if unknown:
+                raise ParameterError(f"{p.name} has {unknown}; allowed: "
+                                     f"{', '.join(map(str, p.choices))}")
+        return value
+    if p.choices is not None and value not in p.choices:
+        raise ParameterError(f"{shown}; allowed: {', '.join(map(str, p.choices))}")
+    return value
+
+
+def check_training_parameters(params: dict) -> dict:
+    """Every training parameter, checked and completed with the defaults: an unknown name, a
+    wrong type or a value out of range is a ParameterError naming the parameter, before any
+    work starts."""
+    unknown = sorted(set(params) - set(BY_NAME))
+    if unknown:
+        raise ParameterError(f"unknown training parameters {unknown}; allowed: "
+                             f"{', '.join(BY_NAME)}")
+    checked = defaults()
+    for name, value in params.items():
+        checked[name] = _check_one(BY_NAME[name], value)
+    if checked["crop_size"] > checked["image_size"]:
+        raise ParameterError(f"crop_size {checked['crop_size']} is larger than image_size "
+                             f"{checked['image_size']}")
+    if bool(checked["train_file"]) != bool(checked["val_file"]):
+        raise ParameterError("pass both train_file and val_file (or neither, and a fold)")
+    if not checked["train_file"] and checked["fold"] is None:
+        raise ParameterError("pass a fold index or train_file and val_file")
+    weights = checked["class_weights"]
+    if weights is not None and weights != "balanced":
+        if isinstance(weights, str) or not isinstance(weights, (list, tuple)) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                and w >= 0 for w in weights):
+            raise ParameterError(f"class_weights={weights!r}; pass 'balanced' or one "
+                                 "non-negative number per class")
+        checked["class_weights"] = [float(w) for w in weights]
+    return checked
+
+
+def parameters_cell() -> str:
+    """The text of 04_train's `parameters` cell: every parameter with its default and meaning
+    (a test keeps the notebook's cell equal to it)."""
+    import json
+
+    lines = []
+    for p in TRAINING_PARAMETERS:
+        value = "None" if p.default is None else json.dumps(p.default) \
+            if isinstance(p.default, (str, list)) else repr(p.default)
+        lines.append(f"{p.name + ' = ' + value:<36}# {p.help}")
+    return "\n".join(lines)
