@@ -28,7 +28,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check segkit tests benchmarks
+	$(VENV)/bin/ruff check segkit tests benchmarks notebooks
 
 bench: setup
 	$(PY) benchmarks/run_all.py

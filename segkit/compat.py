@@ -8,10 +8,12 @@ changes behaviour where it is not needed (compiled mmcv ops installed, several G
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.machinery
 import importlib.util
+import io
 import sys
 import types
 from contextlib import contextmanager
@@ -156,17 +158,35 @@ def sync_bn_to_bn(cfg):
     return copy.copy(cfg)
 
 
+@contextmanager
+def _without_import_notes():
+    """The fork print()s "Could not import OneDL" (meant as a DEBUG log line) when its optional
+    OneDL datasets are absent, into every notebook that imports mmseg: drop that line only."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        kept = [line for line in buffer.getvalue().splitlines(keepends=True)
+                if "Could not import OneDL" not in line]
+        sys.stdout.write("".join(kept))
+
+
 def apply() -> None:
     """Apply every workaround once (idempotent)."""
     global _applied
     if _applied:
         return
     install_mmcv_ext_stand_in()
-    import mmseg.models  # noqa: F401  (registers mmseg's modules)
+    with _without_import_notes():
+        import mmseg.datasets  # noqa: F401
+        import mmseg.models  # noqa: F401  (registers mmseg's modules)
 
     _register_bf16_wrapper()
     try:
-        _patch_mask2former_slide()
+        with _without_import_notes():
+            _patch_mask2former_slide()
+            import mmdet.datasets  # noqa: F401  (imported by Mask2Former's configs)
     except ImportError:  # mmdet unavailable: Mask2Former cannot be built anyway
         pass
     _applied = True

@@ -140,6 +140,21 @@ class Run:
         """The interval checkpoints (`iter_N.pth`) by iteration."""
         return {_iteration(p): p for p in sorted(self.path.glob("iter_*.pth"), key=_iteration)}
 
+    def resume_point(self) -> tuple[Path | None, list[Path]]:
+        """(the newest interval checkpoint that reads back whole, the newer ones that do not):
+        where `resume=True` continues. A checkpoint is a zip archive whose index sits at its
+        end, so a truncated file fails to open."""
+        import zipfile
+
+        broken = []
+        for _, path in sorted(self.checkpoints().items(), reverse=True):
+            try:
+                with zipfile.ZipFile(path):
+                    return path, broken
+            except (OSError, zipfile.BadZipFile):
+                broken.append(path)
+        return None, broken
+
     def checkpoint(self, which: str | int = "best") -> Path:
         """`best` (the last when no best was kept), `last`, an iteration (`2000` or
         `iter_2000`), or a checkpoint file (absolute, or in the run folder)."""

@@ -74,3 +74,22 @@ def fold_folder(data_root: str | os.PathLike = "", splits_dir: str | os.PathLike
         print(f"no fold files in {folder}: making them with 02_split's defaults")
         split_file(resolve_data_root("") / "train_all.json", folder)
     return folder
+
+
+def check_training_data(sources: list, val_sources: list, data_root=None) -> None:
+    """Everything training will read, checked before the first iteration (not hours into a GPU
+    run): each source's COCO file (with annotations, unless it brings its own label maps as
+    pseudo labels do), every image it lists (there, decodable, the JSON's size), and the same
+    categories in every file. One CocoError names the file and the entries."""
+    from segkit.coco import check_image_files, check_same_categories
+
+    cocos = []
+    for source in list(sources) + list(val_sources):
+        ann_file, root = resolve_source(source, data_root)
+        coco = load_coco(ann_file)
+        if not (coco.images and all("seg_map" in img for img in coco.images)):
+            coco = load_coco(ann_file, require_annotations=True)
+        check_image_files(coco, root)
+        cocos.append(coco)
+    check_same_categories(cocos)
+
