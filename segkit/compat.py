@@ -172,6 +172,26 @@ def _without_import_notes():
         sys.stdout.write("".join(kept))
 
 
+def _allow_cpu_torchrun() -> None:
+    """mmengine's `pytorch` launcher calls torch.cuda.set_device unconditionally, which fails
+    on a machine without CUDA; there the processes train on the CPU over gloo and need no
+    device, so the call is skipped (GPU machines take mmengine's own path)."""
+    import mmengine.dist.utils as dist_utils
+    import torch.distributed as torch_dist
+
+    original = dist_utils._init_dist_pytorch
+    if getattr(original, "segkit_patched", False):
+        return
+
+    def init(backend="nccl", init_backend="torch", **kwargs):
+        if torch.cuda.is_available():
+            return original(backend, init_backend=init_backend, **kwargs)
+        torch_dist.init_process_group(backend="gloo", **kwargs)
+
+    init.segkit_patched = True
+    dist_utils._init_dist_pytorch = init
+
+
 def apply() -> None:
     """Apply every workaround once (idempotent)."""
     global _applied
@@ -183,6 +203,7 @@ def apply() -> None:
         import mmseg.models  # noqa: F401  (registers mmseg's modules)
 
     _register_bf16_wrapper()
+    _allow_cpu_torchrun()
     try:
         with _without_import_notes():
             _patch_mask2former_slide()
