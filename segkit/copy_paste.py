@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +46,10 @@ import pandas as pd
 from pycocotools import mask as mask_utils
 
 from segkit.classes import BACKGROUND, ClassTable
-from segkit.coco import Coco, _compressed_rle, load_coco, rasterize, read_image, write_coco
+from segkit.coco import Coco, load_coco, read_image, write_coco
 from segkit.errors import ParameterError
 from segkit.paths import atomic_folder, outputs_dir, write_bytes_atomic, write_text_atomic
+from segkit.visible_masks import owner_map, visible_areas, visible_mask
 
 DEFAULT_CLASSES = ("Battery", "Clothing")
 MIN_INSTANCE_PIXELS = 16  # smaller visible remnants are slivers, not objects worth pasting
@@ -72,77 +72,6 @@ class _Instance:
     image_id: int
     class_name: str
     category_id: int
-
-
-def _rles(annotations: list[dict], height: int, width: int) -> list[dict]:
-    return [{"size": [height, width], "counts": _compressed_rle(a["segmentation"], height, width)}
-            for a in annotations]
-
-
-def _areas(rles: list[dict]) -> np.ndarray:
-    # pycocotools' area() fails on lists longer than 255: measure in chunks
-    return np.concatenate([mask_utils.area(rles[i:i + 255]) for i in range(0, len(rles), 255)]
-                          + [np.zeros(0)]).astype(np.int64)
-
-
-def _decode_all(rles: list[dict], height: int, width: int) -> np.ndarray:
-    """(H, W, n) uint8 masks in one pycocotools call (its numpy-2 DeprecationWarning muted)."""
-    if not rles:
-        return np.zeros((height, width, 0), np.uint8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rles)
-
-
-def visible_areas(annotations: list[dict], height: int, width: int) -> np.ndarray:
-    """Pixels of each annotation still visible when painted largest first (segkit's label-map
-    rule), computed on run-length encodings: area minus the overlap with everything painted
-    after it."""
-    rles = _rles(annotations, height, width)
-    areas = _areas(rles)
-    shown = areas.copy()
-    covered = None  # union of the annotations painted after the current one
-    for k in np.argsort(-areas, kind="stable")[::-1]:
-        if covered is not None:
-            hidden = mask_utils.area(mask_utils.merge([rles[k], covered], intersect=True))
-            shown[k] -= int(hidden)
-            covered = mask_utils.merge([rles[k], covered])
-        else:
-            covered = rles[k]
-    return shown
-
-
-def owner_map(annotations: list[dict], height: int, width: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Which annotation shows at each pixel (-1: none), painted largest first, and the full
-    (H, W, n) masks. `owner == k` is annotation k's visible part."""
-    rles = _rles(annotations, height, width)
-    masks = _decode_all(rles, height, width)
-    # segkit's rasteriser paints "classes" 0..255 with the label-map rule; painting annotation
-    # number k + 1 as two bytes (low, then high) gives the winner for any number of annotations.
-    segmentations = [a["segmentation"] for a in annotations]
-    number = np.arange(1, len(annotations) + 1)
-    low = rasterize(segmentations, number & 0xFF, height, width).astype(np.int32)
-    high = rasterize(segmentations, number >> 8, height, width).astype(np.int32)
-    return (high << 8) + low - 1, masks
-
-
-def _visible_mask(annotations: list[dict], k: int, height: int, width: int) -> np.ndarray:
-    """Annotation k's visible part: its mask minus the annotations painted after it that
-    overlap its box (only those are decoded)."""
-    rles = _rles(annotations, height, width)
-    areas = _areas(rles)
-    boxes = mask_utils.toBbox(rles)  # x, y, w, h
-    rank = np.empty(len(rles), np.int64)
-    rank[np.argsort(-areas, kind="stable")] = np.arange(len(rles))
-    x, y, w, h = boxes[k]
-    later = [j for j in range(len(rles)) if rank[j] > rank[k]
-             and boxes[j, 0] < x + w and x < boxes[j, 0] + boxes[j, 2]
-             and boxes[j, 1] < y + h and y < boxes[j, 1] + boxes[j, 3]]
-    mask = _decode_all([rles[k]], height, width)[:, :, 0].astype(bool)
-    if later:
-        mask &= ~_decode_all([rles[j] for j in later], height, width).any(axis=2)
-    return mask
 
 
 def _encode(mask: np.ndarray) -> dict:
@@ -306,26 +235,37 @@ def copy_paste(coco: Coco, data_root: str | os.PathLike, name: str = "default",
     return CopyPasteResult(final / "annotations.json", final, pasted)
 
 
+class _Cutouts:
+    """Each instance's visible pixels (RGB) and mask, cut to their box, read once."""
+
+    def __init__(self, coco: Coco, data_root: Path):
+        self.coco = coco
+        self.data_root = data_root
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, instance: _Instance) -> tuple[np.ndarray, np.ndarray]:
+        if instance.annotation_id not in self._cache:
+            info = self.coco.image_by_id[instance.image_id]
+            anns = self.coco.annotations_by_image[instance.image_id]
+            k = next(i for i, a in enumerate(anns) if a["id"] == instance.annotation_id)
+            visible = visible_mask(anns, k, info["height"], info["width"])
+            ys, xs = np.nonzero(visible)
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            rgb = read_image(self.data_root, info)[y0:y1, x0:x1].copy()
+            self._cache[instance.annotation_id] = (rgb, visible[y0:y1, x0:x1].copy())
+        return self._cache[instance.annotation_id]
+
+
 def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_range,
               rotation_range, seed, folder):
+    """Make every image into `folder/images/`; return the COCO document and the pasted log.
+    Image `job` draws from its own generator, seeded by (seed, job)."""
     images_out, annotations_out, log = [], [], []
     next_image_id = max(img["id"] for img in coco.images) + 1
     next_ann_id = max((a["id"] for a in coco.annotations), default=-1) + 1
-    cutouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    cutout = _Cutouts(coco, data_root)
     annotation_by_id = {a["id"]: a for a in coco.annotations}
     (folder / "images").mkdir(parents=True, exist_ok=True)
-
-    def cutout(instance: _Instance):
-        if instance.annotation_id not in cutouts:
-            info = coco.image_by_id[instance.image_id]
-            anns = coco.annotations_by_image[instance.image_id]
-            k = next(i for i, a in enumerate(anns) if a["id"] == instance.annotation_id)
-            visible = _visible_mask(anns, k, info["height"], info["width"])
-            ys, xs = np.nonzero(visible)
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            rgb = read_image(data_root, info)[y0:y1, x0:x1].copy()
-            cutouts[instance.annotation_id] = (rgb, visible[y0:y1, x0:x1].copy())
-        return cutouts[instance.annotation_id]
 
     job = 0
     for class_name, n_images in counts.items():
@@ -335,56 +275,17 @@ def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_r
             h, w = target["height"], target["width"]
             picture = read_image(data_root, target).copy()
             new_id = next_image_id + job
+            file_name = f"images/{job:05d}.jpg"
             anns = coco.annotations_by_image[target["id"]]
             # owner: which annotation shows at each pixel; pasted objects get ids n, n+1, ...
             owner, full_masks = owner_map(anns, h, w)
-            n = len(anns)
-            modified = np.zeros(n, bool)  # cut: its segmentation becomes `owner == k`
-            pasted_objects = []  # (owner id, category id, log row)
-            for _ in range(objects_per_image):
-                instance = pool[class_name][int(rng.integers(len(pool[class_name])))]
-                rgb, mask = cutout(instance)
-                scale = float(rng.uniform(*scale_range))
-                angle = float(rng.uniform(*rotation_range))
-                flip = bool(rng.random() < 0.5)
-                rgb_t, mask_t, scale = _transform(rgb, mask, scale, angle, flip, h, w)
-                y = int(rng.integers(0, h - mask_t.shape[0] + 1))
-                x = int(rng.integers(0, w - mask_t.shape[1] + 1))
-                if not mask_t.any():
-                    continue
-                window = (slice(y, y + mask_t.shape[0]), slice(x, x + mask_t.shape[1]))
-                picture[window][mask_t] = rgb_t[mask_t]
-                # touched: an untouched annotation's full mask, or a cut one's visible part,
-                # reaches under the new object
-                under = np.zeros(n + len(pasted_objects) + 1, bool)
-                shown = owner[window][mask_t]
-                under[shown[shown >= 0]] = True
-                modified |= full_masks[window][mask_t].any(axis=0) | under[:n]
-                owner_id = n + len(pasted_objects)
-                owner[window][mask_t] = owner_id
-                pasted_objects.append((owner_id, instance.category_id, len(log)))
-                log.append([new_id, f"images/{job:05d}.jpg", class_name, target["id"],
-                            instance.annotation_id, instance.image_id, scale, angle, flip,
-                            int(mask_t.sum()), -1])
-            regions = [(k, a["category_id"], None) for k, a in enumerate(anns)] + pasted_objects
-            for k, category_id, log_row in regions:
-                if k < n and not modified[k]:
-                    source = annotation_by_id[anns[k]["id"]]
-                    annotations_out.append({**source, "id": next_ann_id, "image_id": new_id})
-                else:
-                    visible = owner == k
-                    if not visible.any():
-                        continue  # fully covered: dropped
-                    annotations_out.append(_annotation(next_ann_id, new_id, category_id, visible))
-                    if log_row is not None:
-                        log[log_row][-1] = next_ann_id
-                next_ann_id += 1
-            file_name = f"images/{job:05d}.jpg"
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            if not ok:
-                raise OSError(f"could not encode {file_name}")
-            write_bytes_atomic(folder / file_name, buf.tobytes())
+            modified, pasted_objects = _paste(
+                picture, owner, full_masks, len(anns), pool[class_name], cutout, rng,
+                objects_per_image, scale_range, rotation_range, log,
+                [new_id, file_name, class_name, target["id"]])
+            next_ann_id = _label(anns, modified, owner, pasted_objects, annotation_by_id,
+                                 new_id, next_ann_id, annotations_out, log)
+            _write_jpeg(folder, file_name, picture)
             images_out.append({"id": new_id, "file_name": file_name, "height": h, "width": w})
             job += 1
     extra = {k: v for k, v in coco.extra.items() if k in ("info", "licenses")}
@@ -394,6 +295,71 @@ def _generate(coco, data_root, counts, pool, targets, objects_per_image, scale_r
                                         "source_annotation_id", "source_image_id", "scale",
                                         "rotation", "flip", "pixels", "annotation_id"])
     return document, pasted
+
+
+def _paste(picture, owner, full_masks, n, instances, cutout, rng, objects_per_image,
+           scale_range, rotation_range, log, log_head):
+    """Paste `objects_per_image` random `instances` onto `picture` and into `owner` (ids n,
+    n+1, ...), in place, logging each (`log_head`: new image id, file name, class, target id).
+    Returns which of the n annotations an object touched (cut: their segmentation becomes
+    `owner == k`) and the pasted objects as (owner id, category id, log row)."""
+    h, w = owner.shape
+    modified = np.zeros(n, bool)
+    pasted_objects = []
+    for _ in range(objects_per_image):
+        instance = instances[int(rng.integers(len(instances)))]
+        rgb, mask = cutout(instance)
+        scale = float(rng.uniform(*scale_range))
+        angle = float(rng.uniform(*rotation_range))
+        flip = bool(rng.random() < 0.5)
+        rgb_t, mask_t, scale = _transform(rgb, mask, scale, angle, flip, h, w)
+        y = int(rng.integers(0, h - mask_t.shape[0] + 1))
+        x = int(rng.integers(0, w - mask_t.shape[1] + 1))
+        if not mask_t.any():
+            continue
+        window = (slice(y, y + mask_t.shape[0]), slice(x, x + mask_t.shape[1]))
+        picture[window][mask_t] = rgb_t[mask_t]
+        # touched: an untouched annotation's full mask, or a cut one's visible part,
+        # reaches under the new object
+        under = np.zeros(n + len(pasted_objects) + 1, bool)
+        shown = owner[window][mask_t]
+        under[shown[shown >= 0]] = True
+        modified |= full_masks[window][mask_t].any(axis=0) | under[:n]
+        owner_id = n + len(pasted_objects)
+        owner[window][mask_t] = owner_id
+        pasted_objects.append((owner_id, instance.category_id, len(log)))
+        log.append([*log_head, instance.annotation_id, instance.image_id, scale, angle, flip,
+                    int(mask_t.sum()), -1])
+    return modified, pasted_objects
+
+
+def _label(anns, modified, owner, pasted_objects, annotation_by_id, new_id, next_ann_id,
+           annotations_out, log) -> int:
+    """Append the new image's annotations: untouched ones copied, cut and pasted ones from
+    `owner` (dropped when fully covered; the log row gets the id). Returns the next id."""
+    n = len(anns)
+    regions = [(k, a["category_id"], None) for k, a in enumerate(anns)] + pasted_objects
+    for k, category_id, log_row in regions:
+        if k < n and not modified[k]:
+            source = annotation_by_id[anns[k]["id"]]
+            annotations_out.append({**source, "id": next_ann_id, "image_id": new_id})
+        else:
+            visible = owner == k
+            if not visible.any():
+                continue  # fully covered: dropped
+            annotations_out.append(_annotation(next_ann_id, new_id, category_id, visible))
+            if log_row is not None:
+                log[log_row][-1] = next_ann_id
+        next_ann_id += 1
+    return next_ann_id
+
+
+def _write_jpeg(folder: Path, file_name: str, picture: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"could not encode {file_name}")
+    write_bytes_atomic(folder / file_name, buf.tobytes())
 
 
 def class_counts(before: Coco, generated: Coco, classes: ClassTable) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from segkit.__main__ import main
 from segkit.classes import TRASH
 from segkit.coco import label_map, load_coco, rasterize, read_image, write_coco
 from segkit.errors import ParameterError
+from segkit.visible_masks import visible_mask
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -240,7 +241,7 @@ def test_visible_parts_agree_with_the_label_map(train):
         areas = cp.visible_areas(anns, h, w)
         for k in range(len(anns)):
             assert areas[k] == (owner == k).sum()
-            np.testing.assert_array_equal(cp._visible_mask(anns, k, h, w), owner == k)
+            np.testing.assert_array_equal(visible_mask(anns, k, h, w), owner == k)
 
 
 def test_owner_map_with_more_than_255_annotations():

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import split
+from segkit import fold_sets, split
 from segkit.__main__ import main
 from segkit.classes import TRASH
 from segkit.coco import load_coco
@@ -374,7 +374,7 @@ def test_failed_write_leaves_the_previous_set(train, tmp_path, monkeypatch):
               for p in split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)}
     (out / "fold_report.csv").write_text("kept\n")
     calls = []
-    real_write_coco = split.write_coco
+    real_write_coco = fold_sets.write_coco
 
     def full_disk(data, path):  # the disk fills up at the third file
         calls.append(path)
@@ -382,7 +382,7 @@ def test_failed_write_leaves_the_previous_set(train, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_write_coco(data, path)
 
-    monkeypatch.setattr(split, "write_coco", full_disk)
+    monkeypatch.setattr(fold_sets, "write_coco", full_disk)
     with pytest.raises(SegkitError, match=r"cannot write the folds to .*splits: No space left on "
                                           r"device .*; the folder was left as it was"):
         split.write_folds(train, split.make_folds(train, TRASH, 4, 2), out)
@@ -395,7 +395,7 @@ def test_failed_write_leaves_the_previous_set(train, tmp_path, monkeypatch):
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_reports_beside_the_folds_survive_a_new_split(train, tmp_path, monkeypatch, exchange):
     if not exchange:  # systems without an atomic exchange: two renames under the lock
-        monkeypatch.setattr(split, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(fold_sets, "_exchange", lambda a, b: False)
     out = tmp_path / "splits"
     split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)
     (out / "fold_report.csv").write_text("report\n")
