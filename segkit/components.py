@@ -1,6 +1,7 @@
 """The parts segkit registers with mmseg's and mmengine's registries, on import of this module
-(mmseg's own way): the COCO dataset, the IoU metric, the RNG-state hook, the grouped optimizer
-constructor, and (by importing them) segkit's backbones and losses.
+(mmseg's own way): the COCO dataset (which also feeds RandomMosaic), the IoU metric, the
+RNG-state hook, the validation-pictures hook, the grouped optimizer constructor, the one-cycle
+schedule per param group, and (by importing them) segkit's backbones, losses and batch mixes.
 
 A saved run config names this module in `custom_imports`, so mmseg's own tools load it.
 
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import OrderedDict
 
@@ -26,8 +28,10 @@ import torch  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.logging import MMLogger, print_log  # noqa: E402
 from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
-from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
+from mmengine.optim.scheduler import OneCycleLR  # noqa: E402
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, PARAM_SCHEDULERS  # noqa: E402
 from mmseg.datasets import BaseSegDataset  # noqa: E402
+from mmseg.engine.hooks import SegVisualizationHook  # noqa: E402
 from mmseg.evaluation import IoUMetric  # noqa: E402
 from mmseg.registry import DATASETS, METRICS  # noqa: E402
 from torch.nn import GroupNorm, LayerNorm  # noqa: E402
@@ -35,7 +39,8 @@ from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
 from torch.nn.modules.instancenorm import _InstanceNorm  # noqa: E402
 
 import segkit.backbones  # noqa: E402,F401  (registers ConvNeXt, EfficientNetLite0)
-import segkit.losses  # noqa: E402,F401  (registers SoftmaxFocalLoss, MaskedDiceLoss)
+import segkit.batch_mix  # noqa: E402,F401  (registers SegCutMix, SegClassMix, MixSegDataPreProcessor)
+import segkit.losses  # noqa: E402,F401  (registers the losses that skip ignored pixels)
 from segkit.classes import ClassTable  # noqa: E402
 from segkit.metrics import iou_from_areas, mean_iou  # noqa: E402
 from segkit.sources import data_list  # noqa: E402
@@ -126,6 +131,66 @@ class CocoSegDataset(BaseSegDataset):
             step = max(1, len(infos) // self.subset_size)
             infos = infos[::step][: self.subset_size]
         return infos
+
+    def prepare_data(self, idx):
+        """The pipeline on one image; a transform that mixes several images (mmseg's
+        RandomMosaic: `get_indices`) gets them in `mix_results`, each loaded through the
+        transforms before it (what mmseg's MultiImageMixDataset wrapper does, without
+        wrapping: the dataset config stays one CocoSegDataset)."""
+        transforms = getattr(self.pipeline, "transforms", [])
+        if not any(hasattr(t, "get_indices") for t in transforms):
+            return super().prepare_data(idx)
+        results = self.get_data_info(idx)
+        done = []
+        for transform in transforms:
+            if hasattr(transform, "get_indices"):
+                mixes = []
+                # modulo: RandomMosaic draws randint(0, len), one past the last image
+                for other in transform.get_indices(self):
+                    mix = self.get_data_info(int(other) % len(self))
+                    for step in done:
+                        mix = step(mix)
+                    mixes.append(mix)
+                results["mix_results"] = mixes
+            results = transform(results)
+            if results is None:
+                return None
+            results.pop("mix_results", None)
+            done.append(transform)
+        return results
+
+
+@PARAM_SCHEDULERS.register_module()
+class GroupOneCycleLR(OneCycleLR):
+    """mmengine's OneCycleLR whose peak (`eta_max`) is, when not given, each param group's own
+    learning rate, so a smaller backbone lr (`lr_mult`) stays smaller all along (mmengine's
+    takes one peak for every group)."""
+
+    def __init__(self, optimizer, eta_max=None, **kwargs):
+        if eta_max is None:
+            eta_max = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        super().__init__(optimizer, eta_max=eta_max, **kwargs)
+
+
+@HOOKS.register_module()
+class SegValVisualizationHook(SegVisualizationHook):
+    """mmseg's SegVisualizationHook (`draw`, `interval`) drawing the same validation images at
+    every validation (every `interval`-th, from the first), logged at the training iteration,
+    so an image's pictures in TensorBoard / W&B show the model learning. mmseg's picks
+    different images at each validation (the index depends on the training iteration) and
+    reads every image from disk even when it draws none."""
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch: dict, outputs) -> None:
+        if not self.draw or batch_idx % self.interval:
+            return
+        import mmcv
+        from mmengine.fileio import get
+
+        for output in outputs[:1]:
+            img = mmcv.imfrombytes(get(output.img_path, backend_args=self.backend_args),
+                                   channel_order="rgb")
+            self._visualizer.add_datasample(f"val_{os.path.basename(output.img_path)}", img,
+                                            data_sample=output, show=False, step=runner.iter)
 
 
 @METRICS.register_module()

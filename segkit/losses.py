@@ -1,9 +1,25 @@
 """Losses that skip ignored pixels (label 255: pseudo-label uncertainty, padding), registered
-with mmseg's MODELS, and the `loss_decode` configs segkit builds from a loss name.
+with mmseg's MODELS, and the `loss_decode` configs segkit builds from a loss text.
+
+`loss` is a weighted sum of named terms: "ce", "focal", "ce+dice", "ce:1.0+lovasz:0.5".
+
+| term | mmseg loss | what |
+|---|---|---|
+| ce | CrossEntropyLoss (mmseg's) | cross-entropy |
+| focal | SoftmaxFocalLoss | multi-class focal loss, gamma 2 |
+| dice | MaskedDiceLoss | mmseg's DiceLoss over labelled pixels only |
+| lovasz | LovaszSoftmaxLoss | Lovasz-softmax: a surrogate of 1 - IoU, classes present |
+| ohem | OhemCrossEntropyLoss | cross-entropy of the hard pixels (p < 0.7, at least 10%) |
+| smooth_ce | SmoothCrossEntropyLoss | cross-entropy with label smoothing 0.1 |
+
+Each term's options are its loss's arguments: change them with cfg_options, e.g.
+`{"model.decode_head.loss_decode.1.smoothing": 0.2}` for the second term of a sum.
 
 Example:
     >>> loss_config("ce+dice", None, num_classes=11)[1]["type"]
     'MaskedDiceLoss'
+    >>> [t["loss_weight"] for t in loss_config("ce:1.0+lovasz:0.5", None, num_classes=11)]
+    [1.0, 0.5]
 """
 
 from __future__ import annotations
@@ -15,11 +31,12 @@ import torch
 from mmseg.registry import MODELS
 from torch import nn
 
-from segkit.checks import check_choice
 from segkit.classes import IGNORE_INDEX, ClassTable
 from segkit.coco import load_coco
 from segkit.errors import ParameterError
-from segkit.train_parameters import LOSSES
+
+# the named terms of `loss` (today's "ce", "focal", "dice", "ce+dice" are sums of them)
+LOSS_TERMS = ("ce", "focal", "dice", "lovasz", "ohem", "smooth_ce")
 
 
 @MODELS.register_module()
@@ -101,6 +118,162 @@ class MaskedDiceLoss(nn.Module):
         return self._loss_name
 
 
+def _valid_pixels(pred, target, ignore):
+    """(logits (P, C), labels (P,)) of the pixels whose label is not `ignore`."""
+    valid = target != ignore
+    return pred.float().permute(0, 2, 3, 1)[valid], target[valid]
+
+
+@MODELS.register_module()
+class LovaszSoftmaxLoss(nn.Module):
+    """The Lovasz-softmax loss (Berman, Rannen Triki and Blaschko, CVPR 2018): a convex
+    surrogate of 1 - IoU, optimised directly.
+
+    For each class c, the pixel errors m_i = |[y_i = c] - p_i(c)| of the softmax
+    probabilities are sorted in decreasing order and weighted by the steps of the Jaccard
+    loss along that order (the Lovasz extension's gradient: Delta J_c evaluated on the
+    growing set of the largest errors); the loss is the mean over classes present in the
+    labels (`classes="present"`) or over all classes (`"all"`). Ignored pixels are taken out
+    before anything is computed. `class_weight` turns the mean over classes into a weighted
+    mean; `per_image` computes it per image and averages.
+    """
+
+    def __init__(self, classes: str = "present", per_image: bool = False, class_weight=None,
+                 loss_weight: float = 1.0, ignore_index: int = 255,
+                 loss_name: str = "loss_lovasz"):
+        super().__init__()
+        if classes not in ("present", "all"):
+            raise ParameterError(f"LovaszSoftmaxLoss classes={classes!r}; allowed: present, all")
+        self.classes = classes
+        self.per_image = per_image
+        self.class_weight = class_weight
+        self.loss_weight = loss_weight
+        self.ignore_index = ignore_index
+        self._loss_name = loss_name
+
+    @staticmethod
+    def jaccard_steps(fg_sorted: torch.Tensor) -> torch.Tensor:
+        """Delta J at each position of the sorted errors: J(k) - J(k - 1), where J(k), the
+        Jaccard loss when the k largest errors are mistakes, is 1 - (foreground pixels not
+        among them) / (foreground pixels plus the background pixels among them)."""
+        total = fg_sorted.sum()
+        inter = total - fg_sorted.cumsum(0)
+        union = total + (1.0 - fg_sorted).cumsum(0)
+        jaccard = 1.0 - inter / union
+        return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+    def _flat_loss(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.numel() == 0:
+            return probs.sum() * 0.0
+        losses, weights = [], []
+        for c in range(probs.shape[1]):
+            fg = (labels == c).float()
+            if self.classes == "present" and fg.sum() == 0:
+                continue
+            errors = (fg - probs[:, c]).abs()
+            errors_sorted, order = torch.sort(errors, descending=True)
+            losses.append(torch.dot(errors_sorted, self.jaccard_steps(fg[order])))
+            weights.append(1.0 if self.class_weight is None else float(self.class_weight[c]))
+        if not losses:
+            return probs.sum() * 0.0
+        w = probs.new_tensor(weights)
+        return (torch.stack(losses) * w).sum() / w.sum().clamp_min(1e-12)
+
+    def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        if self.per_image:
+            parts = [self._flat_loss(*self._probs(pred[i:i + 1], target[i:i + 1], ignore))
+                     for i in range(pred.shape[0])]
+            loss = torch.stack(parts).mean()
+        else:
+            loss = self._flat_loss(*self._probs(pred, target, ignore))
+        return self.loss_weight * loss
+
+    @staticmethod
+    def _probs(pred, target, ignore):
+        logits, labels = _valid_pixels(pred, target, ignore)
+        return logits.softmax(dim=1), labels
+
+    @property
+    def loss_name(self):
+        return self._loss_name
+
+
+@MODELS.register_module()
+class OhemCrossEntropyLoss(nn.Module):
+    """Cross-entropy over the hard pixels only (online hard example mining, Shrivastava et
+    al., 2016, as segmentation uses it): labelled pixels whose probability of their true class
+    is below `thresh`, and at least the `min_kept` fraction of the labelled pixels with the
+    lowest such probability. Ignored pixels never count; `class_weight` weights each kept
+    pixel by its true class (a weighted mean)."""
+
+    def __init__(self, thresh: float = 0.7, min_kept: float = 0.1, class_weight=None,
+                 loss_weight: float = 1.0, ignore_index: int = 255,
+                 loss_name: str = "loss_ohem"):
+        super().__init__()
+        self.thresh = thresh
+        self.min_kept = min_kept
+        self.class_weight = class_weight
+        self.loss_weight = loss_weight
+        self.ignore_index = ignore_index
+        self._loss_name = loss_name
+
+    def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        logits, labels = _valid_pixels(pred, target, ignore)
+        if labels.numel() == 0:
+            return pred.sum() * 0.0
+        log_p = torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+        with torch.no_grad():
+            p_true = log_p.exp()
+            n_min = max(1, int(round(self.min_kept * labels.numel())))
+            kth = torch.kthvalue(p_true, min(n_min, labels.numel())).values
+            kept = (p_true < self.thresh) | (p_true <= kth)
+        w = kept.float()
+        if self.class_weight is not None:
+            w = w * logits.new_tensor(self.class_weight)[labels]
+        return self.loss_weight * -(log_p * w).sum() / w.sum().clamp_min(1e-12)
+
+    @property
+    def loss_name(self):
+        return self._loss_name
+
+
+@MODELS.register_module()
+class SmoothCrossEntropyLoss(nn.Module):
+    """Cross-entropy with label smoothing (Szegedy et al., 2016): the target puts 1 - smoothing
+    on the true class and spreads `smoothing` evenly over all classes. Averaged over labelled
+    pixels (weighted by their true class's `class_weight`); ignored pixels count for nothing."""
+
+    def __init__(self, smoothing: float = 0.1, class_weight=None, loss_weight: float = 1.0,
+                 ignore_index: int = 255, loss_name: str = "loss_smooth_ce"):
+        super().__init__()
+        if not 0.0 <= smoothing < 1.0:
+            raise ParameterError(f"SmoothCrossEntropyLoss smoothing={smoothing}; expected "
+                                 "0 <= smoothing < 1")
+        self.smoothing = smoothing
+        self.class_weight = class_weight
+        self.loss_weight = loss_weight
+        self.ignore_index = ignore_index
+        self._loss_name = loss_name
+
+    def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        logits, labels = _valid_pixels(pred, target, ignore)
+        if labels.numel() == 0:
+            return pred.sum() * 0.0
+        log_p = torch.log_softmax(logits, dim=1)
+        nll = -log_p.gather(1, labels[:, None]).squeeze(1)
+        loss = (1.0 - self.smoothing) * nll - self.smoothing * log_p.mean(dim=1)
+        w = torch.ones_like(nll) if self.class_weight is None else \
+            logits.new_tensor(self.class_weight)[labels]
+        return self.loss_weight * (loss * w).sum() / w.sum().clamp_min(1e-12)
+
+    @property
+    def loss_name(self):
+        return self._loss_name
+
+
 def balanced_class_weights(coco_file: str | os.PathLike, classes: ClassTable,
                            power: float = 0.5, clip: tuple[float, float] = (0.2, 5.0)
                            ) -> list[float]:
@@ -129,21 +302,65 @@ def balanced_class_weights(coco_file: str | os.PathLike, classes: ClassTable,
     return [round(float(w), 4) for w in np.clip(weights, *clip)]
 
 
+def loss_terms(loss: str) -> list[tuple[str, float]]:
+    """[(term, weight)] of a loss text: terms joined by `+`, each `name` or `name:weight`,
+    e.g. "ce:1.0+lovasz:0.5" (today's "ce+dice" is "ce:1+dice:1")."""
+    from segkit.options import named_item
+
+    if not isinstance(loss, str) or not loss.strip():
+        raise ParameterError(f"loss={loss!r}; expected terms like 'ce', 'focal' or "
+                             f"'ce:1.0+lovasz:0.5'; terms: {', '.join(LOSS_TERMS)}")
+    terms = []
+    for part in loss.split("+"):
+        name, weight, _ = named_item("loss", part.strip(), number_key="")
+        if name not in LOSS_TERMS:
+            raise ParameterError(f"loss={loss!r}; allowed: {', '.join(LOSS_TERMS)}, joined by "
+                                 f"+, each with an optional :weight (no term {name!r})")
+        if weight is not None and weight < 0:
+            raise ParameterError(f"loss={loss!r}: the weight of {name} is negative")
+        terms.append((name, 1.0 if weight is None else weight))
+    names = [t[0] for t in terms]
+    if len(set(names)) != len(names):
+        raise ParameterError(f"loss={loss!r} names a term twice; give it one weight instead")
+    return terms
+
+
+def check_loss(loss: str) -> str:
+    """The `loss` text, checked (terms and weights)."""
+    loss_terms(loss)
+    return loss
+
+
+def _term_config(name: str, weights, loss_weight: float) -> dict:
+    if name == "ce":
+        # avg_non_ignore: average over labelled pixels only (pseudo labels ignore many). mmseg
+        # mis-indexes when it is combined with class weights, whose weighted mean already
+        # skips ignored pixels, so it is only set without them.
+        return dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=loss_weight,
+                    class_weight=weights, avg_non_ignore=weights is None, loss_name="loss_ce")
+    if name == "dice":  # MaskedDiceLoss: mmseg's DiceLoss does not skip ignored pixels
+        return dict(type="MaskedDiceLoss", loss_weight=loss_weight, ignore_index=IGNORE_INDEX,
+                    loss_name="loss_dice")
+    if name == "focal":
+        return dict(type="SoftmaxFocalLoss", gamma=2.0, class_weight=weights,
+                    loss_weight=loss_weight, loss_name="loss_focal")
+    if name == "lovasz":
+        return dict(type="LovaszSoftmaxLoss", classes="present", per_image=False,
+                    class_weight=weights, loss_weight=loss_weight, loss_name="loss_lovasz")
+    if name == "ohem":
+        return dict(type="OhemCrossEntropyLoss", thresh=0.7, min_kept=0.1, class_weight=weights,
+                    loss_weight=loss_weight, loss_name="loss_ohem")
+    return dict(type="SmoothCrossEntropyLoss", smoothing=0.1, class_weight=weights,
+                loss_weight=loss_weight, loss_name="loss_smooth_ce")
+
+
 def loss_config(loss: str, class_weights, num_classes: int) -> list[dict] | dict:
-    """The mmseg `loss_decode` entry of a loss name (LOSSES), with class weights or None."""
-    check_choice("loss", loss, LOSSES)
+    """The mmseg `loss_decode` entry of a loss text (see loss_terms), with class weights or
+    None: one config for one term, a list for a sum (mmseg adds a head's losses)."""
+    terms = loss_terms(loss)
     if class_weights is not None and len(class_weights) != num_classes:
         raise ParameterError(f"class_weights has {len(class_weights)} values; "
                              f"{num_classes} classes need one each")
     weights = list(map(float, class_weights)) if class_weights is not None else None
-    # avg_non_ignore: average over labelled pixels only (pseudo labels ignore many). mmseg
-    # mis-indexes when it is combined with class weights, whose weighted mean already skips
-    # ignored pixels, so it is only set without them.
-    ce = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0,
-              class_weight=weights, avg_non_ignore=weights is None, loss_name="loss_ce")
-    # MaskedDiceLoss: mmseg's DiceLoss does not skip ignored pixels (see its docstring)
-    dice = dict(type="MaskedDiceLoss", loss_weight=1.0, ignore_index=IGNORE_INDEX,
-                loss_name="loss_dice")
-    focal = dict(type="SoftmaxFocalLoss", gamma=2.0, class_weight=weights, loss_weight=1.0,
-                 loss_name="loss_focal")
-    return {"ce": ce, "focal": focal, "dice": dice, "ce+dice": [ce, dice]}[loss]
+    configs = [_term_config(name, weights, float(w)) for name, w in terms]
+    return configs[0] if len(configs) == 1 else configs

@@ -74,17 +74,57 @@ def mmseg_configs_dir() -> Path:
 
 
 @cache
-def zoo_checkpoint(config: str) -> str | None:
-    """The whole-model checkpoint URL the installed mmseg's metafile lists for a config."""
+def _metafile_weights() -> dict[str, str]:
+    """config file name -> its checkpoint URL, over every metafile.yaml of the installed mmseg."""
     import yaml
 
-    meta = mmseg_configs_dir() / Path(config).parent / "metafile.yaml"
-    if not meta.exists():
-        return None
-    for entry in yaml.safe_load(meta.read_text()).get("Models", []):
-        if entry.get("Config", "").endswith(config):
-            return entry.get("Weights")
-    return None
+    found: dict[str, str] = {}
+    for meta in sorted(mmseg_configs_dir().rglob("metafile.yaml")):
+        for entry in (yaml.safe_load(meta.read_text()) or {}).get("Models", []) or []:
+            if entry.get("Config") and entry.get("Weights"):
+                found.setdefault(Path(entry["Config"]).name, entry["Weights"])
+    return found
+
+
+def zoo_checkpoint(config: str | Path) -> str | None:
+    """The whole-model checkpoint URL that the installed mmseg's metafiles list for a config
+    (matched by its file name, so a copy of an mmseg config finds it too), or None.
+
+    Example:
+        >>> zoo_checkpoint("pspnet/pspnet_r50-d8_4xb4-80k_ade20k-512x512.py")  # doctest: +SKIP
+        'https://mmassets.onedl.ai/mmsegmentation/v0.5/pspnet/...pth'
+    """
+    return _metafile_weights().get(Path(config).name)
+
+
+def resolve_config_file(name: str) -> Path:
+    """An mmseg config file from a path, `mmseg::<path under configs/>`, a path under the
+    installed mmseg's configs/ (e.g. `pspnet/pspnet_r50-d8_4xb4-80k_ade20k-512x512.py`) or
+    one of its file names."""
+    text = str(name)
+    under = text.removeprefix("mmseg::")
+    candidates = [] if text.startswith("mmseg::") else [Path(text)]
+    candidates.append(mmseg_configs_dir() / under)
+    for path in candidates:
+        if path.is_file():
+            return path
+    if "/" not in under:
+        matches = sorted(mmseg_configs_dir().rglob(under))
+        if len(matches) == 1:
+            return matches[0]
+    raise ParameterError(f"model config file {name} not found (looked for it as a path, and "
+                         f"under the installed mmseg's configs, {mmseg_configs_dir()})")
+
+
+def backbone_checkpoint(model: dict) -> str | None:
+    """The backbone weights a model config names: backbone.init_cfg.checkpoint of a
+    `Pretrained` init, or the model's `pretrained`."""
+    init = model.get("backbone", {}).get("init_cfg") or {}
+    inits = init if isinstance(init, list) else [init]
+    for item in inits:
+        if item.get("type") == "Pretrained" and item.get("checkpoint"):
+            return str(item["checkpoint"])
+    return model.get("pretrained") or None
 
 
 @cache
@@ -125,6 +165,60 @@ def _replace_mmpretrain_backbone(model: dict) -> None:
     # ConvNeXt (same arguments, same parameter names) stands in, and its checkpoints load.
     if model["backbone"].get("type") == "mmpretrain.ConvNeXt" and not mmpretrain_importable():
         model["backbone"]["type"] = "ConvNeXt"
+
+
+def config_file_of(name: str) -> Path:
+    """The mmseg config file of a model: a catalogue entry's, or a config file (see
+    resolve_config_file)."""
+    if name in CATALOGUE:
+        if CATALOGUE[name].config is None:
+            raise ParameterError(f"{name} is built by segkit and has no config file; "
+                                 "config_mode='whole' needs an mmseg config file (.py)")
+        return mmseg_configs_dir() / CATALOGUE[name].config
+    if not name.endswith(".py"):
+        raise ParameterError(f"unknown model {name!r}; allowed: {', '.join(CATALOGUE)} "
+                             "or an mmseg config file (.py)")
+    return resolve_config_file(name)
+
+
+def zoo_weights(config_file: Path, cfg=None) -> str:
+    """The whole-model checkpoint of a config file: the installed metafiles' entry for its
+    file name, else the config's own `load_from`; a ParameterError says what was searched."""
+    url = zoo_checkpoint(config_file)
+    if url is None and cfg is not None:
+        url = cfg.get("load_from")
+    if not url:
+        raise ParameterError(
+            f"no zoo checkpoint for {Path(config_file).name}: it is in none of the "
+            f"{len(list(mmseg_configs_dir().rglob('metafile.yaml')))} metafile.yaml files "
+            f"under {mmseg_configs_dir()}, and the config sets no load_from; pass weights="
+            "'backbone' or 'none', or load_from=<checkpoint>")
+    return url
+
+
+def _backbone_weights(model: dict, config_file: Path) -> None:
+    """weights='backbone': the config's backbone init, else that of the installed mmseg
+    config of the same file name; a ParameterError says what was searched."""
+    if backbone_checkpoint(model):
+        return
+    if model.get("backbone", {}).get("type") == "EfficientNetLite0":
+        model["backbone"]["pretrained"] = True
+        return
+    installed = sorted(mmseg_configs_dir().rglob(config_file.name))
+    for path in installed:
+        other = _read_config(path).model.to_dict()
+        if backbone_checkpoint(other) and other.get("backbone", {}).get("type") == \
+                model.get("backbone", {}).get("type"):
+            model["backbone"]["init_cfg"] = other["backbone"].get("init_cfg")
+            if other.get("pretrained"):
+                model["pretrained"] = other["pretrained"]
+            return
+    raise ParameterError(
+        f"no backbone weights for {config_file.name}: its model sets neither "
+        "backbone.init_cfg=dict(type='Pretrained', checkpoint=...) nor pretrained"
+        + (", nor does the installed mmseg config of that name" if installed else
+           ", and no installed mmseg config has its name")
+        + "; pass weights='zoo' or 'none', or set them in the config")
 
 
 def _lite0_model(pretrained: bool) -> dict:
@@ -179,16 +273,15 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
     """
     check_choice("weights", weights, WEIGHTS)
     import segkit.components  # noqa: F401  (registers segkit's backbones and losses)
-    if name.endswith(".py"):
-        config_file, spec = Path(name), None
-        if not config_file.exists():
-            raise ParameterError(f"model config file {name} not found")
-    elif name in CATALOGUE:
+    if name in CATALOGUE:
         spec = CATALOGUE[name]
         config_file = mmseg_configs_dir() / spec.config if spec.config else None
+    elif name.endswith(".py"):
+        config_file, spec = resolve_config_file(name), None
     else:
         raise ParameterError(f"unknown model {name!r}; allowed: {', '.join(CATALOGUE)} "
-                             "or a path to an mmseg config file (.py)")
+                             "or an mmseg config file (.py: a path, or one under mmseg's "
+                             "configs, e.g. pspnet/pspnet_r50-d8_4xb4-80k_ade20k-512x512.py)")
     if weights == "auto":
         weights = "backbone" if (spec and spec.config is None) else "zoo"
 
@@ -204,10 +297,10 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
         if weights == "none":
             _strip_backbone_init(model)
         elif weights == "zoo":
-            load_from = zoo_checkpoint(spec.config) if spec else cfg.get("load_from")
+            load_from = zoo_weights(config_file, cfg)
             _strip_backbone_init(model)  # the whole checkpoint replaces the backbone's
-            if load_from is None:
-                raise ParameterError(f"no zoo checkpoint is listed for {name}")
+        else:
+            _backbone_weights(model, config_file)
         _replace_mmpretrain_backbone(model)
     _set_num_classes(model, num_classes)
     model.setdefault("test_cfg", dict(mode="whole"))

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -28,15 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from segkit import compat
+from segkit.augment import batch_augments, pipelines
 from segkit.classes import ClassTable
 from segkit.coco import load_coco
+from segkit.config_modes import apply_cfg_options
 from segkit.errors import ParameterError
 from segkit.losses import balanced_class_weights, loss_config
 from segkit.models import model_config
 from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_text_atomic
 from segkit.runs import Run, RunResult
 from segkit.sample import resolve_data_root
+from segkit.schedules import schedulers
 from segkit.sources import data_list, fold_folder
+from segkit.tracking import vis_backends, visualization_hook
 from segkit.train_parameters import TRAINING_PARAMETERS, check_training_parameters
 
 # ---------------------------------------------------------------------------------------------
@@ -56,22 +61,14 @@ def training_files(p: dict) -> tuple[Path, Path, Path]:
 
 
 def _pipelines(image_size: int, crop_size: int, augment) -> tuple[list, list]:
-    scale = (image_size, image_size)
-    train = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
-    if "resize_crop" in augment:
-        train += [dict(type="RandomResize", scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True),
-                  dict(type="RandomCrop", crop_size=(crop_size, crop_size), cat_max_ratio=0.75)]
-    else:
-        train += [dict(type="Resize", scale=scale, keep_ratio=True),
-                  dict(type="RandomCrop", crop_size=(crop_size, crop_size))]
-    if "flip" in augment:
-        train.append(dict(type="RandomFlip", prob=0.5))
-    if "photometric" in augment:
-        train.append(dict(type="PhotoMetricDistortion"))
-    train.append(dict(type="PackSegInputs"))
-    val = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=scale, keep_ratio=True),
-           dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
-    return train, val
+    """(train, val) pipelines: augmentations by name (segkit.augment)."""
+    return pipelines(image_size, crop_size, augment)
+
+
+def _sources(p: dict, root: Path, train_file: Path, val_file: Path) -> tuple[list, list]:
+    train = [dict(ann_file=str(train_file), data_root=str(root))] + \
+        [s if isinstance(s, dict) else str(s) for s in p["extra_train_files"]]
+    return train, [dict(ann_file=str(val_file), data_root=str(root))]
 
 
 def _data_part(p: dict, root: Path, train_file: Path, val_file: Path,
@@ -79,33 +76,47 @@ def _data_part(p: dict, root: Path, train_file: Path, val_file: Path,
     metainfo = dict(classes=list(classes.names), palette=[list(c) for c in classes.palette])
     train_pipeline, val_pipeline = _pipelines(p["image_size"], p["crop_size"], p["augment"])
     subset = 8 if p["debug"] else None
-    sources = [dict(ann_file=str(train_file), data_root=str(root))] + \
-        [s if isinstance(s, dict) else str(s) for s in p["extra_train_files"]]
+    sources, val_sources = _sources(p, root, train_file, val_file)
     workers = dict(num_workers=p["num_workers"], persistent_workers=p["num_workers"] > 0)
+    val_loader = dict(
+        batch_size=1, **workers, sampler=dict(type="DefaultSampler", shuffle=False),
+        dataset=dict(type="CocoSegDataset", metainfo=metainfo, pipeline=val_pipeline,
+                     sources=val_sources, subset_size=subset, test_mode=True))
+    evaluator = dict(type="SegkitIoUMetric", iou_metrics=["mIoU"])
     return dict(
         train_dataloader=dict(
             batch_size=p["batch_size"], **workers,
             sampler=dict(type="InfiniteSampler", shuffle=True),
             dataset=dict(type="CocoSegDataset", sources=sources, metainfo=metainfo,
                          pipeline=train_pipeline, subset_size=subset)),
-        val_dataloader=dict(
-            batch_size=1, **workers, sampler=dict(type="DefaultSampler", shuffle=False),
-            dataset=dict(type="CocoSegDataset", metainfo=metainfo, pipeline=val_pipeline,
-                         sources=[dict(ann_file=str(val_file), data_root=str(root))],
-                         subset_size=subset, test_mode=True)),
-        val_evaluator=dict(type="SegkitIoUMetric", iou_metrics=["mIoU"]),
+        val_dataloader=val_loader,
+        val_evaluator=evaluator,
+        # mmseg's tools/test.py and inference API read these (the validation data)
+        test_dataloader=copy.deepcopy(val_loader), test_evaluator=dict(evaluator),
+        test_cfg=dict(type="TestLoop"), test_pipeline=val_pipeline,
     )
 
 
 def _model_part(p: dict, train_file: Path, classes: ClassTable, distributed: bool) -> dict:
     model, zoo = model_config(p["model"], classes.num_classes, p["weights"], distributed)
     model["data_preprocessor"]["size"] = (p["crop_size"], p["crop_size"])
+    mixes = batch_augments(p["augment"])
+    if mixes:  # CutMix / ClassMix on the padded batch (segkit.batch_mix)
+        model["data_preprocessor"].update(type="MixSegDataPreProcessor", batch_augments=mixes)
     class_weights = p["class_weights"]
     if class_weights == "balanced":
         class_weights = balanced_class_weights(train_file, classes)
-    if "decode_head" in model and model["decode_head"].get("type") != "Mask2FormerHead":
-        model["decode_head"]["loss_decode"] = loss_config(p["loss"], class_weights,
-                                                          classes.num_classes)
+    head = model.get("decode_head") or {}
+    if head.get("type") == "Mask2FormerHead":
+        ignored = [f"{k}={p[k]!r}" for k in ("loss", "class_weights")
+                   if p[k] != (None if k == "class_weights" else "ce")]
+        if ignored:
+            warnings.warn(f"{p['model']}: Mask2Former trains with its own mask, dice and class "
+                          f"losses and ignores {', '.join(ignored)}; change its losses with "
+                          "cfg_options, e.g. {'model.decode_head.loss_cls.loss_weight': 2.0}",
+                          stacklevel=4)
+    elif head:
+        head["loss_decode"] = loss_config(p["loss"], class_weights, classes.num_classes)
     return dict(model=model, load_from=p["load_from"] or zoo)
 
 
@@ -129,17 +140,8 @@ def _optim_part(p: dict, iters: int, cuda: bool) -> dict:
                              lr_mult=p["backbone_lr_mult"])}, norm_decay_mult=0.0))
     if wrapper == "AmpOptimWrapper":
         optim_wrapper["dtype"] = "float16"
-    warmup = min(p["warmup_iters"], max(iters - 1, 0))
-    schedulers = []
-    if warmup > 0:
-        schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
-                               end=warmup))
-    schedulers.append(
-        dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=warmup, end=iters)
-        if p["schedule"] == "poly" else
-        dict(type="CosineAnnealingLR", eta_min=lr * 1e-3, by_epoch=False, begin=warmup,
-             end=iters, T_max=max(iters - warmup, 1)))
-    return dict(optim_wrapper=optim_wrapper, param_scheduler=schedulers)
+    schedule = schedulers(p["schedule"], lr, iters, p["warmup_iters"])  # segkit.schedules
+    return dict(optim_wrapper=optim_wrapper, param_scheduler=schedule)
 
 
 def _runtime_part(p: dict, iters: int, val_interval: int, work_dir: Path, cuda: bool) -> dict:
@@ -151,9 +153,7 @@ def _runtime_part(p: dict, iters: int, val_interval: int, work_dir: Path, cuda: 
         # weights averaged over the last quarter of training
         custom_hooks.append(dict(type="EMAHook", ema_type="StochasticWeightAverage",
                                  begin_iter=int(iters * 0.75), update_buffers=True, priority=49))
-    vis_backends = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
-    if p["wandb"]:
-        vis_backends.append(dict(type="WandbVisBackend", init_kwargs=dict(project="segkit")))
+    backends = vis_backends(p, work_dir.name)  # the run folder, TensorBoard, W&B (segkit.tracking)
     log_interval = max(1, min(p["log_interval"], iters))  # even a short run logs its loss
     return dict(
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val_interval),
@@ -168,7 +168,7 @@ def _runtime_part(p: dict, iters: int, val_interval: int, work_dir: Path, cuda: 
         custom_hooks=custom_hooks,
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"),
                      dist_cfg=dict(backend="nccl" if cuda else "gloo")),
-        visualizer=dict(type="SegLocalVisualizer", vis_backends=vis_backends,
+        visualizer=dict(type="SegLocalVisualizer", vis_backends=backends,
                         name="visualizer"),
         log_processor=dict(by_epoch=False),
         log_level="INFO",
@@ -206,6 +206,10 @@ def build_config(**params) -> dict:
     root, train_file, val_file = training_files(p)
     classes = ClassTable.for_coco(load_coco(train_file).categories)
     launcher = resolve_launcher(p["launcher"])
+    work_dir = resolve_output_path(p["work_dir"]) if p["work_dir"] else \
+        outputs_dir() / "runs" / (p["run_name"] or default_run_name(p))
+    if p["config_mode"] == "whole":
+        return _whole_config(p, root, train_file, val_file, classes, work_dir, launcher)
     cuda = _device_is_cuda()
     cfg = _data_part(p, root, train_file, val_file, classes)
     iters, val_interval = p["iters"], p["val_interval"]
@@ -215,13 +219,27 @@ def build_config(**params) -> dict:
         images = len(data_list(cfg["train_dataloader"]["dataset"]["sources"], classes))
         iters = p["epochs"] * math.ceil(images / p["batch_size"])
     val_interval = min(val_interval, iters)
-    work_dir = resolve_output_path(p["work_dir"]) if p["work_dir"] else \
-        outputs_dir() / "runs" / (p["run_name"] or default_run_name(p))
     cfg.update(_model_part(p, train_file, classes, launcher != "none"))
     cfg.update(_optim_part(p, iters, cuda))
     cfg.update(_runtime_part(p, iters, val_interval, work_dir, cuda))
     cfg["launcher"] = launcher
-    return cfg
+    val_images = len(load_coco(val_file).images)
+    cfg["default_hooks"]["visualization"] = visualization_hook(
+        p["vis_images"], min(val_images, 8) if p["debug"] else val_images)
+    return apply_cfg_options(cfg, p["cfg_options"])  # the escape hatch, last
+
+
+def _whole_config(p: dict, root: Path, train_file: Path, val_file: Path, classes: ClassTable,
+                  work_dir: Path, launcher: str) -> dict:
+    """config_mode="whole": the model's config file as written, on this run's data, classes
+    and run folder (segkit.config_modes), then cfg_options."""
+    from segkit.config_modes import whole_config
+    from segkit.models import config_file_of
+
+    train_sources, val_sources = _sources(p, root, train_file, val_file)
+    cfg = whole_config(p, config_file_of(p["model"]), train_sources, val_sources, classes,
+                       work_dir, launcher)
+    return apply_cfg_options(cfg, p["cfg_options"])
 
 
 def _device_is_cuda() -> bool:

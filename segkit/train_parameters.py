@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from segkit.errors import ParameterError
 
-SCHEDULES = ("poly", "cosine")
+SCHEDULES = ("poly", "cosine", "cosine_restarts", "step", "onecycle")  # segkit.schedules
 OPTIMIZERS = ("AdamW", "SGD")
-AUGMENTATIONS = ("flip", "resize_crop", "photometric")
 AVERAGING = (None, "ema", "swa")
-LOSSES = ("ce", "focal", "dice", "ce+dice")
+LOSSES = ("ce", "focal", "dice", "ce+dice")  # the first names; any sum of segkit.losses terms
+CONFIG_MODES = ("segkit", "whole")
 WEIGHTS = ("auto", "none", "backbone", "zoo")
 LAUNCHERS = ("auto", "none", "pytorch", "slurm")
 
@@ -40,6 +40,7 @@ class Parameter:
     minimum: float | None = None
     choices: tuple | None = None
     optional: bool = False
+    check: str | None = None  # "module:function" returning the checked value
 
 
 P = Parameter
@@ -74,12 +75,17 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     P("backbone_lr_mult", 0.1, "the backbone's learning rate is lr times this", "float", 0),
     P("weight_decay", 0.01, "weight decay (not applied to normalisation layers)", "float", 0),
     P("warmup_iters", 50, "linear warm-up iterations", "int", 0),
-    P("schedule", "poly", "poly | cosine (after the warm-up)", choices=SCHEDULES),
-    P("loss", "ce", "ce | focal | dice | ce+dice (all skip ignored pixels)", choices=LOSSES),
+    P("schedule", "poly", "poly | cosine | cosine_restarts | step | onecycle, after the "
+      "warm-up; with options: {step: {milestones: [0.6, 0.9]}} (segkit.schedules)", "any",
+      check="segkit.schedules:check_schedule"),
+    P("loss", "ce", "a sum of weighted terms ce, focal, dice, lovasz, ohem, smooth_ce: "
+      "'ce+dice', 'ce:1.0+lovasz:0.5' (all skip ignored pixels)",
+      check="segkit.losses:check_loss"),
     P("class_weights", None, "loss weight per class: one number per class, 'balanced', or "
       "None", "any"),
-    P("augment", ["flip", "resize_crop"], "any of flip, resize_crop, photometric", "list",
-      choices=AUGMENTATIONS),
+    P("augment", ["flip", "resize_crop"], "names, 'name:prob' or {name: {prob: p, option: "
+      "value}}: flip vflip resize_crop rotate rot_flip photometric clahe cutout mosaic noise "
+      "hsv ... cutmix classmix (segkit.augment)", "list", check="segkit.augment:check_augment"),
     P("amp", False, "mixed precision: fp16 on GPU, bf16 on CPUs that have it", "bool"),
     P("averaging", None, "None | ema | swa (mmengine's EMAHook)", choices=AVERAGING,
       optional=True),
@@ -90,7 +96,17 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     P("run_name", "", "the run folder outputs/runs/<run_name>; '': <model>_fold<fold>"),
     P("work_dir", "", "an explicit run folder instead of outputs/runs/<run_name>", "path"),
     P("resume", False, "continue a killed run from its newest checkpoint", "bool"),
-    P("wandb", False, "also log to Weights & Biases", "bool"),
+    P("wandb", False, "also log to Weights & Biases (offline without an API key or network)",
+      "bool"),
+    P("wandb_project", "segkit", "the W&B project"),
+    P("wandb_run", "", "the W&B run name; '': the run folder's name"),
+    P("vis_images", 4, "validation images drawn with their prediction at each validation "
+      "(TensorBoard, W&B, vis_data/vis_image); 0: none", "int", 0),
+    P("config_mode", "segkit", "segkit (a config built from these parameters) | whole (the "
+      "model config file as written; segkit supplies data, classes, run folder)",
+      choices=CONFIG_MODES),
+    P("cfg_options", {}, "mmengine dot keys set last, e.g. {model.decode_head.dropout_ratio: "
+      "0.2}", "any", check="segkit.config_modes:check_cfg_options"),
     P("launcher", "auto", "auto (torchrun / Slurm detected) | none | pytorch | slurm",
       choices=LAUNCHERS),
 )
@@ -99,8 +115,9 @@ BY_NAME = {p.name: p for p in TRAINING_PARAMETERS}
 
 
 def defaults() -> dict:
-    """{name: default} of every training parameter (lists copied)."""
-    return {p.name: list(p.default) if isinstance(p.default, list) else p.default
+    """{name: default} of every training parameter (lists and mappings copied)."""
+    return {p.name: list(p.default) if isinstance(p.default, list) else
+            dict(p.default) if isinstance(p.default, dict) else p.default
             for p in TRAINING_PARAMETERS}
 
 
@@ -163,6 +180,13 @@ def _check_one(p: Parameter, value):
     return value
 
 
+def _checker(path: str):
+    import importlib
+
+    module, _, function = path.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def check_training_parameters(params: dict) -> dict:
     """Every training parameter, checked and completed with the defaults: an unknown name, a
     wrong type or a value out of range is a ParameterError naming the parameter, before any
@@ -174,6 +198,8 @@ def check_training_parameters(params: dict) -> dict:
     checked = defaults()
     for name, value in params.items():
         checked[name] = _check_one(BY_NAME[name], value)
+        if BY_NAME[name].check:
+            checked[name] = _checker(BY_NAME[name].check)(checked[name])
     if checked["crop_size"] > checked["image_size"]:
         raise ParameterError(f"crop_size {checked['crop_size']} is larger than image_size "
                              f"{checked['image_size']}")

@@ -11,6 +11,7 @@ import torch
 from segkit.classes import IGNORE_INDEX, TRASH
 from segkit.coco import load_coco, read_label, write_coco
 from segkit.errors import ParameterError, SegkitError
+from segkit.losses import LOSS_TERMS
 from segkit.pipeline import notebook_parameters
 from segkit.predict import save_probs, write_prediction_meta
 from segkit.pseudo import (
@@ -228,7 +229,10 @@ def _head_loss(head, logits, label):
 
 
 @pytest.mark.parametrize("loss,class_weights", [(loss, None) for loss in LOSSES] +
-                         [("ce", "weighted"), ("focal", "weighted"), ("ce+dice", "weighted")])
+                         [(term, None) for term in LOSS_TERMS if term not in LOSSES] +
+                         [("ce", "weighted"), ("focal", "weighted"), ("ce+dice", "weighted"),
+                          ("lovasz", "weighted"), ("ohem", "weighted"),
+                          ("smooth_ce", "weighted"), ("ce:1.0+lovasz:0.5", None)])
 def test_ignored_pixels_do_not_reach_the_loss(loss, class_weights, sample_root):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
