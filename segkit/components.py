@@ -25,11 +25,19 @@ from segkit import compat
 compat.apply()  # before mmseg's models are imported below: the mmcv._ext stand-in
 
 import torch  # noqa: E402
-from mmengine.hooks import Hook  # noqa: E402
+from mmengine.dist import is_main_process  # noqa: E402
+from mmengine.hooks import CheckpointHook, Hook  # noqa: E402
 from mmengine.logging import MMLogger, print_log  # noqa: E402
+from mmengine.logging.logger import MMFormatter  # noqa: E402
 from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
 from mmengine.optim.scheduler import OneCycleLR  # noqa: E402
-from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, PARAM_SCHEDULERS  # noqa: E402
+from mmengine.registry import (  # noqa: E402
+    HOOKS,
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    PARAM_SCHEDULERS,
+    RUNNERS,
+)
+from mmengine.runner import Runner  # noqa: E402
 from mmseg.datasets import BaseSegDataset  # noqa: E402
 from mmseg.engine.hooks import SegVisualizationHook  # noqa: E402
 from mmseg.evaluation import IoUMetric  # noqa: E402
@@ -40,6 +48,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm  # noqa: E402
 
 import segkit.backbones  # noqa: E402,F401  (registers ConvNeXt, EfficientNetLite0)
 import segkit.batch_mix  # noqa: E402,F401  (registers SegCutMix, SegClassMix, MixSegDataPreProcessor)
+import segkit.data_cache  # noqa: E402,F401  (registers the cached-image transforms)
 import segkit.losses  # noqa: E402,F401  (registers the losses that skip ignored pixels)
 from segkit.classes import ClassTable  # noqa: E402
 from segkit.metrics import iou_from_areas, mean_iou  # noqa: E402
@@ -261,3 +270,91 @@ class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             + ", ".join(f"{k}={v:g}" for k, v in g.items() if isinstance(v, float))
             for g in merged.values())
         logger.info(f"param groups: {summary}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner: a readable console, checkpoints written whole
+# ---------------------------------------------------------------------------------------------
+
+class _ConsoleLines(logging.Filter):
+    """What a notebook (the console) shows of mmengine's log: losses, validation results,
+    checkpoints, warnings. The environment, the full config and the hook table go to the run's
+    log file only."""
+
+    KEEP = ("Iter(", "Epoch(", "per-class IoU", "The best checkpoint", "Saving checkpoint",
+            "Load checkpoint", "resumed", "Resum", "param groups")
+    # mmengine's own deprecation notes about itself: nothing a user can act on
+    NOISE = ("FileClient", "HardDiskBackend", "prefix is not set")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(n in message for n in self.NOISE):
+            return False
+        return record.levelno >= logging.WARNING or message.lstrip().startswith(self.KEEP)
+
+
+@RUNNERS.register_module()
+class SegkitRunner(Runner):
+    """mmengine's Runner with a quiet, colourless console (everything still goes to the log
+    file) and checkpoints written beside their final name and renamed into place, so a full
+    disk or a kill mid-write never leaves a truncated `iter_N.pth` for `resume` to trip on."""
+
+    def build_logger(self, log_level="INFO", log_file=None, **kwargs) -> MMLogger:
+        logger = super().build_logger(log_level, log_file, **kwargs)
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:  # the console, not the log file
+                handler.addFilter(_ConsoleLines())
+                handler.setFormatter(MMFormatter(color=False, datefmt="%Y/%m/%d %H:%M:%S"))
+        return logger
+
+    def dump_config(self) -> None:
+        # segkit.train.run has saved the run's config.py; mmengine would add a second copy
+        # (<timestamp>.py) beside it
+        if not os.path.exists(os.path.join(self.work_dir, "config.py")):
+            super().dump_config()
+
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        partial = os.path.join(out_dir, f".{filename}.partial")
+        try:
+            super().save_checkpoint(out_dir, os.path.basename(partial), *args, **kwargs)
+            if is_main_process():  # the only process that writes checkpoints
+                os.replace(partial, os.path.join(out_dir, filename))
+        finally:
+            if is_main_process() and os.path.exists(partial):
+                os.remove(partial)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook, but an old interval checkpoint is removed only once the new
+    one is written: mmengine removes it first, so a failed write (a full disk) left no
+    checkpoint at all to resume from."""
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        keep = self.max_keep_ckpts
+        if keep <= 0:
+            return super()._save_checkpoint_with_step(runner, step, meta)
+        self.max_keep_ckpts = -1  # mmengine's removal, before the write, is skipped
+        try:
+            super()._save_checkpoint_with_step(runner, step, meta)
+        finally:
+            self.max_keep_ckpts = keep
+        before = list(self.keep_ckpt_ids)
+        if not before or before[-1] != step:
+            self.keep_ckpt_ids.append(step)  # a bounded deque drops the oldest itself
+        while len(self.keep_ckpt_ids) > keep:
+            self.keep_ckpt_ids.popleft()
+        for old_step in set(before) - set(self.keep_ckpt_ids):
+            old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old_step))
+            if is_main_process() and self.file_backend.isfile(old):
+                self.file_backend.remove(old)
+        runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+
+
+@HOOKS.register_module()
+class ChannelsLastHook(Hook):
+    """The model in channels-last memory format (faster convolutions on tensor cores)."""
+
+    def before_run(self, runner) -> None:
+        runner.model.to(memory_format=torch.channels_last)
+

@@ -143,7 +143,7 @@ def build_cache(infos: list[dict], image_size: int,
 def _progress(items, enabled):
     if not enabled:
         return items
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(items, desc="image cache")
 

@@ -257,7 +257,7 @@ def predict_dataset(model, coco, data_root, out_dir, *, split: str = "test",
     submission-size label maps' CSV for the test split, and meta.json last, so a folder with a
     meta.json is complete.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from segkit.coco import read_image, write_png
     from segkit.inference import model_classes, predict_probs, reduce_label, resize_probs

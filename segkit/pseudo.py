@@ -158,7 +158,7 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     Everything is checked before anything is written; the folder is built beside `out_dir`
     and moved into place at the end, so an error leaves `out_dir` as it was.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from segkit.coco import write_coco, write_png
     from segkit.eda import write_table

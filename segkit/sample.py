@@ -250,7 +250,9 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     """A notebook's `data_root` parameter: empty means the embedded synthetic sample."""
     if not data_root:
         return default_sample_root()
-    root = Path(data_root)
+    from segkit.paths import resolve_output_path
+
+    root = resolve_output_path(data_root)  # the same folder from notebooks/ as from the root
     if not root.is_dir():
         raise ParameterError(f"data_root {str(root)!r} is not a folder")
     return root

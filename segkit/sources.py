@@ -93,3 +93,12 @@ def check_training_data(sources: list, val_sources: list, data_root=None) -> Non
         cocos.append(coco)
     check_same_categories(cocos)
 
+
+def dataset_sources(dataset: dict) -> list:
+    """The sources of every CocoSegDataset in a dataset config, looking through mmengine's
+    wrappers (RepeatDataset, ConcatDataset, ...) as a whole config file may use them."""
+    if "sources" in dataset:
+        return list(dataset["sources"])
+    inner = dataset.get("datasets") or ([dataset["dataset"]] if "dataset" in dataset else [])
+    return [source for d in inner for source in dataset_sources(d)]
+

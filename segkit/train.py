@@ -40,7 +40,7 @@ from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_t
 from segkit.runs import Run, RunResult
 from segkit.sample import resolve_data_root
 from segkit.schedules import schedulers
-from segkit.sources import data_list, fold_folder
+from segkit.sources import check_training_data, data_list, dataset_sources, fold_folder
 from segkit.tracking import vis_backends, visualization_hook
 from segkit.train_parameters import TRAINING_PARAMETERS, check_training_parameters
 
@@ -162,8 +162,8 @@ def _runtime_part(p: dict, iters: int, val_interval: int, work_dir: Path, cuda: 
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=False),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=val_interval,
-                            save_best="mIoU", rule="greater", max_keep_ckpts=1, save_last=True),
+            checkpoint=dict(type="SafeCheckpointHook", by_epoch=False, interval=val_interval,
+                            save_best="mIoU", rule="greater", max_keep_ckpts=p["keep_checkpoints"], save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook")),
         custom_hooks=custom_hooks,
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"),
@@ -226,6 +226,7 @@ def build_config(**params) -> dict:
     val_images = len(load_coco(val_file).images)
     cfg["default_hooks"]["visualization"] = visualization_hook(
         p["vis_images"], min(val_images, 8) if p["debug"] else val_images)
+    _speed_options(cfg, p, classes, cuda)
     return apply_cfg_options(cfg, p["cfg_options"])  # the escape hatch, last
 
 
@@ -240,6 +241,29 @@ def _whole_config(p: dict, root: Path, train_file: Path, val_file: Path, classes
     cfg = whole_config(p, config_file_of(p["model"]), train_sources, val_sources, classes,
                        work_dir, launcher)
     return apply_cfg_options(cfg, p["cfg_options"])
+
+
+def _speed_options(cfg: dict, p: dict, classes: ClassTable, cuda: bool) -> None:
+    """The data and device levers: the decoded-image cache, pinned memory, cuDNN's autotuner,
+    channels-last, torch.compile, and DDP on CPU processes."""
+    train = cfg["train_dataloader"]
+    if p["cache"]:
+        from segkit.data_cache import build_cache, cached_pipeline
+
+        infos = data_list(train["dataset"]["sources"], classes)
+        train["dataset"]["pipeline"] = cached_pipeline(train["dataset"]["pipeline"],
+                                                       build_cache(infos, p["image_size"]))
+    for loader in (train, cfg["val_dataloader"]):
+        loader["pin_memory"] = cuda
+    if cfg.get("launcher", "none") != "none" and not cuda:
+        # CPU processes over gloo: DDP without device ids (mmengine passes the local rank's)
+        cfg["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
+                                        broadcast_buffers=False)
+    cfg["env_cfg"]["cudnn_benchmark"] = cuda and not p["deterministic"]
+    if p["channels_last"]:
+        cfg["custom_hooks"].append(dict(type="ChannelsLastHook"))
+    if p["compile"]:
+        cfg["compile"] = True
 
 
 def _device_is_cuda() -> bool:
@@ -286,7 +310,8 @@ def run(**params) -> RunResult:
     params = check_training_parameters(params)
     cfg_dict = build_config(**params)
     from mmengine.config import Config
-    from mmengine.runner import Runner
+
+    from segkit.components import SegkitRunner
 
     run_dir = Run(cfg_dict["work_dir"])
     if not params["resume"] and run_dir.last_checkpoint is not None:
@@ -294,7 +319,10 @@ def run(**params) -> RunResult:
             f"{run_dir.path} already holds a run: continue it with resume=True (papermill: "
             "-p resume True; CLI: resume=true), or train into another run_name (papermill: "
             "-p run_name NAME; CLI: run_name=NAME)")
-    cfg_dict["resume"] = params["resume"]
+    check_training_data(dataset_sources(cfg_dict["train_dataloader"]["dataset"]),
+                        dataset_sources(cfg_dict["val_dataloader"]["dataset"]))
+    if params["resume"]:
+        _resume_from(run_dir, cfg_dict)
     # mmengine keeps visualizers by name for the whole process: a fresh name per run keeps a
     # second run in the same kernel (a notebook, the tests) from writing into the first's.
     cfg_dict["visualizer"]["name"] = f"segkit-{time.time_ns()}"
@@ -305,7 +333,7 @@ def run(**params) -> RunResult:
     Config(cfg_dict).dump(str(run_dir.path / "config.py"))
 
     start = time.time()
-    runner = Runner.from_cfg(Config(cfg_dict))
+    runner = SegkitRunner.from_cfg(Config(cfg_dict))
     try:
         runner.train()
     finally:
@@ -318,6 +346,19 @@ def run(**params) -> RunResult:
         per_class_iou={k: (None if np.isnan(v) else v) for k, v in result.per_class_iou.items()},
     ), indent=1))
     return result
+
+
+def _resume_from(run_dir: Run, cfg_dict: dict) -> None:
+    """Point the config at the newest checkpoint that reads back whole, and say which."""
+    path, broken = run_dir.resume_point()
+    for bad in broken:
+        print(f"resume: skipping {bad.name}, which does not read back (a write cut short)")
+    if path is None:
+        print(f"resume: no checkpoint in {run_dir.path} to continue from; training from the "
+              "start")
+        return
+    print(f"resume: continuing from {path.name}")
+    cfg_dict.update(resume=True, load_from=str(path))
 
 
 def parameters_from(namespace: dict) -> dict:

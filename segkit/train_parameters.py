@@ -69,7 +69,14 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     P("val_interval", 100, "validate (and keep the best checkpoint) every this many "
       "iterations", "int", 1),
     P("log_interval", 10, "log the loss every this many iterations", "int", 1),
+    P("keep_checkpoints", 1, "keep the newest N interval checkpoints (checkpoint ensembles)",
+      "int", 1),
     P("num_workers", 2, "data loading processes (0: in the training process)", "int", 0),
+    P("cache", False, "decode the training images once, at image_size, into outputs/cache "
+      "(memory-mapped; workers stop re-decoding JPEGs)", "bool"),
+    P("channels_last", False, "the model in channels-last memory format (GPU tensor cores)",
+      "bool"),
+    P("compile", False, "torch.compile the model (pays on long GPU runs)", "bool"),
     P("optimizer", "AdamW", "AdamW | SGD", choices=OPTIMIZERS),
     P("lr", 0.002, "learning rate", "float", 0),
     P("backbone_lr_mult", 0.1, "the backbone's learning rate is lr times this", "float", 0),

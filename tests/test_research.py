@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.augment import AUGMENTATIONS, augmented_samples, pipelines
+from segkit.augment import AUGMENTATIONS, pipelines
 from segkit.classes import IGNORE_INDEX
 from segkit.errors import ParameterError
 from segkit.losses import LOSS_TERMS, loss_config
+from segkit.preview import augmented_samples
 from segkit.schedules import SCHEDULES, schedulers
 from segkit.train import build_config, run
 from tests.conftest import tiny_train_params
@@ -62,6 +63,8 @@ def _check_run(result):
     params = json.loads((result.work_dir / "params.json").read_text())
     assert params["cfg_options"] == {"model.decode_head.dropout_ratio": 0.2}
     assert "dropout_ratio=0.2" in (result.work_dir / "config.py").read_text().replace(" ", "")
+    # saved once: no second copy of the config (<timestamp>.py) beside it
+    assert [p.name for p in result.work_dir.glob("*.py")] == ["config.py"]
 
 
 def test_every_sample_augmentation_and_loss_term_trains(research_run):
@@ -238,7 +241,7 @@ def test_augmented_samples_show_what_the_model_sees(sample_root):
     import matplotlib
 
     matplotlib.use("Agg")
-    from segkit.augment import show_augmented
+    from segkit.preview import show_augmented
 
     params = tiny_train_params(sample_root, weights="none", augment=["rotate:1", "cutmix:1"])
     images, labels = augmented_samples(params, n=4)

@@ -239,3 +239,76 @@ def test_last_checkpoint_survives_a_moved_run_folder(tmp_path):
     assert Run(tmp_path).last_checkpoint == tmp_path / "iter_5.pth"
     (tmp_path / "last_checkpoint").unlink()
     assert Run(tmp_path).last_checkpoint == tmp_path / "iter_10.pth"
+
+
+def test_a_cut_checkpoint_is_skipped_on_resume_and_said(sample_root, tmp_path, capsys):
+    """A checkpoint cut short (a full disk before checkpoints were written aside) is never
+    resumed from, and resuming says what it does: here no other interval checkpoint is kept,
+    so it says it trains from the start (never silently)."""
+    work = tmp_path / "cut"
+    params = tiny_train_params(sample_root, iters=4, val_interval=2, weights="none",
+                               work_dir=str(work))
+    run(**params)
+    newest = work / "iter_4.pth"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    result = run(resume=True, **{**params, "iters": 6})
+    printed = capsys.readouterr().out
+    assert "skipping iter_4.pth" in printed and "training from the start" in printed
+    assert result.last_checkpoint.name == "iter_6.pth"
+    capsys.readouterr()
+    run(resume=True, **{**params, "iters": 8})
+    assert "continuing from iter_6.pth" in capsys.readouterr().out
+    assert read_scalars(work)["step"].max() == 8
+
+
+def test_checkpoints_are_written_aside_and_renamed(sample_root, tmp_path, monkeypatch):
+    """A write that fails (disk full) leaves no `iter_N.pth` behind, and no partial file."""
+    import mmengine.runner.runner as runner_mod
+
+    real_save = runner_mod.save_checkpoint
+
+    def disk_full(checkpoint, filename, *args, **kwargs):
+        if "iter_4" in str(filename):
+            with open(filename, "wb") as f:
+                f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real_save(checkpoint, filename, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "save_checkpoint", disk_full)
+    work = tmp_path / "full"
+    with pytest.raises(OSError, match="No space left"):
+        run(**tiny_train_params(sample_root, iters=4, val_interval=2, weights="none",
+                                work_dir=str(work)))
+    assert (work / "iter_2.pth").exists() and not (work / "iter_4.pth").exists()
+    assert not list(work.glob(".*partial*"))
+    assert Run(work).resume_point() == (work / "iter_2.pth", [])
+
+
+def test_every_image_is_checked_before_the_first_iteration(sample_root, tmp_path):
+    import shutil
+
+    from segkit.errors import CocoError
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_root, data)
+    coco = load_coco(data / "train.json")
+    missing = data / coco.images[3]["file_name"]
+    missing.unlink()
+    work = tmp_path / "never"
+    with pytest.raises(CocoError, match=str(missing.name)):
+        run(**tiny_train_params(data, iters=2, val_interval=2, weights="none",
+                                work_dir=str(work)))
+    assert not list(work.glob("*.pth"))
+
+
+def test_train_val_files_must_share_categories(sample_root, tmp_path):
+    from segkit.coco import write_coco
+    from segkit.errors import CocoError
+
+    val = load_coco(sample_root / "val.json").to_dict()
+    val["categories"] = [dict(c, name="Paper pack" if c["name"] == "Paper" else c["name"])
+                         for c in val["categories"]]
+    other = write_coco(val, tmp_path / "val_other.json")
+    with pytest.raises(CocoError):
+        run(**tiny_train_params(sample_root, val_file=str(other), iters=2, val_interval=2,
+                                weights="none", work_dir=str(tmp_path / "mixed")))
