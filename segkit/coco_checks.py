@@ -53,12 +53,11 @@ def _is_id(v) -> bool:
     return type(v) is int and -_ID_LIMIT <= v < _ID_LIMIT
 
 
-def _entry_problem(entry: dict, i: int, kind: str, keys, seen, source: str) -> str | None:
-    """Why entry i of images / annotations (`kind`: "image" / "annotation") cannot be used: a
-    missing key of `keys`, an id that is not a 64-bit integer, or an id already in `seen`."""
+def _entry_problem(entry: dict, i: int, kind: str, keys, seen, source: str) -> str:
+    """Why entry i of images / annotations (`kind`: "image" / "annotation") failed the quick
+    check (all `keys` there, a 64-bit id not in `seen`): a missing key, an id that is not a
+    64-bit integer, or an id already in `seen`."""
     eid = entry.get("id")
-    if entry.keys() >= keys and _is_id(eid) and eid not in seen:
-        return None  # the common case, checked first
     missing = [k for k in keys if k not in entry]
     if missing:
         ident = eid if _is_id(eid) else f"at index {i}"
@@ -66,9 +65,7 @@ def _entry_problem(entry: dict, i: int, kind: str, keys, seen, source: str) -> s
     if not _is_id(eid):
         return (f"{source}: {kind}s[{i}] has id {show_value(eid)}: {kind} ids are (64-bit) "
                 "integers")
-    if eid in seen:
-        return f"{source}: duplicate {kind} id {eid}"
-    return None
+    return f"{source}: duplicate {kind} id {eid}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,11 +201,11 @@ def _check_images(images: list, source: str, allow_outside_root: bool,
         if not isinstance(img, dict):
             problems.append(f"{source}: images[{i}] must be an object, got {type(img).__name__}")
             continue
-        problem = _entry_problem(img, i, "image", _IMAGE_KEYS, table, source)
-        if problem:
-            problems.append(problem)
+        iid = img.get("id")
+        if not (img.keys() >= _IMAGE_KEYS and _is_id(iid) and iid not in table):
+            problems.append(_entry_problem(img, i, "image", _IMAGE_KEYS, table, source))
             continue
-        iid, w, h = img["id"], img["width"], img["height"]
+        w, h = img["width"], img["height"]
         table[iid] = None
         if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
             problems.append(f"{source}: image {iid} has width/height {show_value(w, 20)}x"
@@ -243,11 +240,10 @@ def _check_annotations(anns: list, images: dict, categories: dict, source: str,
             problems.append(f"{source}: annotations[{i}] must be an object, got "
                             f"{type(ann).__name__}")
             continue
-        problem = _entry_problem(ann, i, "annotation", _ANNOTATION_KEYS, seen, source)
-        if problem:
-            problems.append(problem)
+        aid = ann.get("id")
+        if not (ann.keys() >= _ANNOTATION_KEYS and _is_id(aid) and aid not in seen):
+            problems.append(_entry_problem(ann, i, "annotation", _ANNOTATION_KEYS, seen, source))
             continue
-        aid = ann["id"]
         seen.add(aid)
         cid, iid = ann["category_id"], ann["image_id"]
         if not _is_id(cid) or cid not in categories:
