@@ -167,9 +167,31 @@ def _cmd_predict(args) -> int:
 def _cmd_pipeline(args) -> int:
     from segkit.pipeline import run_pipeline
 
-    executed = run_pipeline(args.spec, parse_assignments(args.params))
+    options = {k: v for k, v in (("partition", args.partition),
+                                 ("gpus_per_job", args.gpus_per_job), ("time", args.time),
+                                 ("cpus_per_job", args.cpus_per_job)) if v is not None}
+    executed = run_pipeline(args.spec, parse_assignments(args.params),
+                            parallel=args.parallel, executor=args.executor,
+                            executor_options=options)
     for path in executed:
         print(f"executed: {path}")
+    return 0
+
+
+def _cmd_oof(args) -> int:
+    from segkit.cv import out_of_fold
+
+    result = out_of_fold(args.runs, args.checkpoint, name=args.name, flips=tuple(args.flips))
+    print(result.report())
+    return 0
+
+
+def _cmd_lb(args) -> int:
+    from segkit.leaderboard import leaderboard_file, record_score
+
+    entry = record_score(args.submission, args.score, args.note)
+    print(f"recorded leaderboard score {entry['score']} of {entry['submission']} "
+          f"(sha256 {entry['sha256'][:12]}) in {leaderboard_file()}")
     return 0
 
 
@@ -220,7 +242,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="e.g. notebooks/demo.yaml")
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="shared parameters overriding the spec's, e.g. data_root=/data/trash")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="run up to N notebooks of a fanned-out step (foreach) at once, each "
+                        "on a GPU of its own (default: one per GPU; 1 on a CPU machine)")
+    p.add_argument("--executor", choices=["inline", "local", "slurm"], default=None,
+                   help="where fanned-out steps run: here one by one (inline), as local "
+                        "processes (local) or as Slurm jobs via submitit (slurm); default: "
+                        "inline, or local with --parallel above 1")
+    p.add_argument("--partition", default=None, help="Slurm partition (spec: executor:)")
+    p.add_argument("--gpus-per-job", type=int, default=None, help="GPUs of each Slurm job")
+    p.add_argument("--cpus-per-job", type=int, default=None, help="CPU cores of each job")
+    p.add_argument("--time", type=int, default=None, metavar="MINUTES",
+                   help="time limit of each job in minutes")
+
     p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("oof", help="out-of-fold score of one recipe's fold runs: OOF mIoU, "
+                                   "per-class IoU, per-fold mIoU with mean and std")
+    p.set_defaults(func=_cmd_oof)
+    p.add_argument("runs", nargs="+", help="the fold runs (folders or names under "
+                                           "outputs/runs), one per fold of one split")
+    p.add_argument("--checkpoint", default="best", help="best | last | an iteration")
+    p.add_argument("--flips", nargs="*", default=["h"], choices=["h", "v"],
+                   help="flip TTA (none: --flips with no value)")
+    p.add_argument("--name", default="", help="outputs/oof/NAME (default: the recipe's)")
+
+    p = sub.add_parser("lb", help="record a public-leaderboard score beside a submission "
+                                  "(appended to outputs/leaderboard.jsonl)")
+    p.set_defaults(func=_cmd_lb)
+    p.add_argument("submission", help="the submission CSV that was uploaded")
+    p.add_argument("score", help="its public leaderboard score (mIoU, 0-1)")
+    p.add_argument("--note", default="", help="what it was, e.g. '5-fold soft vote'")
+
 
     p = sub.add_parser("demo", help="the whole flow on the embedded synthetic sample")
     p.set_defaults(func=_cmd_demo)
