@@ -64,12 +64,9 @@ def segkit_config(params: dict) -> dict:
 def segkit_predict_api():
     """(load_model, predict_dataset, load_coco)."""
     from segkit.coco import load_coco
+    from segkit.inference import load_model
     from segkit.predict import predict_dataset
 
-    try:
-        from segkit.predict import load_model
-    except ImportError:
-        from segkit.inference import load_model
     return load_model, predict_dataset, load_coco
 
 

@@ -84,7 +84,7 @@ for d in ("onedl-mmengine", "onedl-mmcv", "onedl-mmsegmentation", "onedl-mmdetec
 import mmseg.models, segkit.compat
 print("mmcv compiled ops:", segkit.compat.mmcv_has_compiled_ops())
 '
-grep -E "^(python|torch|GPU|onedl|numpy|opencv|pycocotools|papermill|mmcv compiled) " \
+grep -E "^(python|torch|GPU|onedl-[a-z]+|numpy|opencv-python-headless|pycocotools|papermill|mmcv compiled ops:) " \
     "$LOG/versions.log" | sed 's/^/    /'
 if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
         && [ "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -38,9 +39,33 @@ from segkit.errors import ParameterError
 # the named terms of `loss` (today's "ce", "focal", "dice", "ce+dice" are sums of them)
 LOSS_TERMS = ("ce", "focal", "dice", "lovasz", "ohem", "smooth_ce")
 
+# segkit leaves avg_non_ignore off on purpose where class weights are given (see loss_config);
+# mmseg warns about that on every model build, in every notebook
+warnings.filterwarnings("ignore", message="Default ``avg_non_ignore`` is False")
+
+
+class _PixelLoss(nn.Module):
+    """What segkit's losses share: a weight per class (or None), the loss's weight in a sum, the
+    ignore index whose pixels count for nothing, and the name mmseg logs it under."""
+
+    def __init__(self, class_weight=None, loss_weight: float = 1.0, ignore_index: int = 255,
+                 loss_name: str = "loss"):
+        super().__init__()
+        self.class_weight = class_weight
+        self.loss_weight = loss_weight
+        self.ignore_index = ignore_index
+        self._loss_name = loss_name
+
+    @property
+    def loss_name(self):
+        return self._loss_name
+
+    def _ignore(self, ignore_index):
+        return self.ignore_index if ignore_index is None else ignore_index
+
 
 @MODELS.register_module()
-class SoftmaxFocalLoss(nn.Module):
+class SoftmaxFocalLoss(_PixelLoss):
     """Multi-class focal loss, -(1 - p_t)^gamma * log(p_t), averaged over labelled pixels.
 
     mmseg's own FocalLoss is sigmoid-only and its CPU path mis-slices the one-hot target, so
@@ -50,15 +75,11 @@ class SoftmaxFocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0, class_weight=None, loss_weight: float = 1.0,
                  ignore_index: int = 255, loss_name: str = "loss_focal"):
-        super().__init__()
+        super().__init__(class_weight, loss_weight, ignore_index, loss_name)
         self.gamma = gamma
-        self.class_weight = class_weight
-        self.loss_weight = loss_weight
-        self.ignore_index = ignore_index
-        self._loss_name = loss_name
 
     def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self._ignore(ignore_index)
         valid = target != ignore
         safe = torch.where(valid, target, torch.zeros_like(target))
         log_p = torch.log_softmax(pred.float(), dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
@@ -70,13 +91,9 @@ class SoftmaxFocalLoss(nn.Module):
             w = w * weight
         return self.loss_weight * (loss * w).sum() / w.sum().clamp_min(1.0)
 
-    @property
-    def loss_name(self):
-        return self._loss_name
-
 
 @MODELS.register_module()
-class MaskedDiceLoss(nn.Module):
+class MaskedDiceLoss(_PixelLoss):
     """mmseg's DiceLoss (same formula and options) over labelled pixels only.
 
     mmseg's DiceLoss reads `ignore_index` as a class channel to drop, not as pixels to skip:
@@ -88,21 +105,18 @@ class MaskedDiceLoss(nn.Module):
     def __init__(self, use_sigmoid: bool = True, activate: bool = True, reduction: str = "mean",
                  naive_dice: bool = False, loss_weight: float = 1.0, ignore_index: int = 255,
                  eps: float = 1e-3, loss_name: str = "loss_dice"):
-        super().__init__()
+        super().__init__(None, loss_weight, ignore_index, loss_name)
         self.use_sigmoid = use_sigmoid
         self.activate = activate
         self.reduction = reduction
         self.naive_dice = naive_dice
-        self.loss_weight = loss_weight
-        self.ignore_index = ignore_index
         self.eps = eps
-        self._loss_name = loss_name
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
                 ignore_index=None, **kwargs):
         from mmseg.models.losses.dice_loss import dice_loss
 
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self._ignore(ignore_index)
         valid = (target != ignore).unsqueeze(1)
         safe = torch.where(valid.squeeze(1), target, torch.zeros_like(target)).long()
         one_hot = nn.functional.one_hot(safe, pred.shape[1]).permute(0, 3, 1, 2) * valid
@@ -113,10 +127,6 @@ class MaskedDiceLoss(nn.Module):
             pred, one_hot, weight, eps=self.eps, reduction=reduction_override or self.reduction,
             naive_dice=self.naive_dice, avg_factor=avg_factor, ignore_index=None)
 
-    @property
-    def loss_name(self):
-        return self._loss_name
-
 
 def _valid_pixels(pred, target, ignore):
     """(logits (P, C), labels (P,)) of the pixels whose label is not `ignore`."""
@@ -125,7 +135,7 @@ def _valid_pixels(pred, target, ignore):
 
 
 @MODELS.register_module()
-class LovaszSoftmaxLoss(nn.Module):
+class LovaszSoftmaxLoss(_PixelLoss):
     """The Lovasz-softmax loss (Berman, Rannen Triki and Blaschko, CVPR 2018): a convex
     surrogate of 1 - IoU, optimised directly.
 
@@ -141,15 +151,11 @@ class LovaszSoftmaxLoss(nn.Module):
     def __init__(self, classes: str = "present", per_image: bool = False, class_weight=None,
                  loss_weight: float = 1.0, ignore_index: int = 255,
                  loss_name: str = "loss_lovasz"):
-        super().__init__()
+        super().__init__(class_weight, loss_weight, ignore_index, loss_name)
         if classes not in ("present", "all"):
             raise ParameterError(f"LovaszSoftmaxLoss classes={classes!r}; allowed: present, all")
         self.classes = classes
         self.per_image = per_image
-        self.class_weight = class_weight
-        self.loss_weight = loss_weight
-        self.ignore_index = ignore_index
-        self._loss_name = loss_name
 
     @staticmethod
     def jaccard_steps(fg_sorted: torch.Tensor) -> torch.Tensor:
@@ -180,7 +186,7 @@ class LovaszSoftmaxLoss(nn.Module):
         return (torch.stack(losses) * w).sum() / w.sum().clamp_min(1e-12)
 
     def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self._ignore(ignore_index)
         if self.per_image:
             parts = [self._flat_loss(*self._probs(pred[i:i + 1], target[i:i + 1], ignore))
                      for i in range(pred.shape[0])]
@@ -194,13 +200,9 @@ class LovaszSoftmaxLoss(nn.Module):
         logits, labels = _valid_pixels(pred, target, ignore)
         return logits.softmax(dim=1), labels
 
-    @property
-    def loss_name(self):
-        return self._loss_name
-
 
 @MODELS.register_module()
-class OhemCrossEntropyLoss(nn.Module):
+class OhemCrossEntropyLoss(_PixelLoss):
     """Cross-entropy over the hard pixels only (online hard example mining, Shrivastava et
     al., 2016, as segmentation uses it): labelled pixels whose probability of their true class
     is below `thresh`, and at least the `min_kept` fraction of the labelled pixels with the
@@ -210,16 +212,12 @@ class OhemCrossEntropyLoss(nn.Module):
     def __init__(self, thresh: float = 0.7, min_kept: float = 0.1, class_weight=None,
                  loss_weight: float = 1.0, ignore_index: int = 255,
                  loss_name: str = "loss_ohem"):
-        super().__init__()
+        super().__init__(class_weight, loss_weight, ignore_index, loss_name)
         self.thresh = thresh
         self.min_kept = min_kept
-        self.class_weight = class_weight
-        self.loss_weight = loss_weight
-        self.ignore_index = ignore_index
-        self._loss_name = loss_name
 
     def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self._ignore(ignore_index)
         logits, labels = _valid_pixels(pred, target, ignore)
         if labels.numel() == 0:
             return pred.sum() * 0.0
@@ -234,31 +232,23 @@ class OhemCrossEntropyLoss(nn.Module):
             w = w * logits.new_tensor(self.class_weight)[labels]
         return self.loss_weight * -(log_p * w).sum() / w.sum().clamp_min(1e-12)
 
-    @property
-    def loss_name(self):
-        return self._loss_name
-
 
 @MODELS.register_module()
-class SmoothCrossEntropyLoss(nn.Module):
+class SmoothCrossEntropyLoss(_PixelLoss):
     """Cross-entropy with label smoothing (Szegedy et al., 2016): the target puts 1 - smoothing
     on the true class and spreads `smoothing` evenly over all classes. Averaged over labelled
     pixels (weighted by their true class's `class_weight`); ignored pixels count for nothing."""
 
     def __init__(self, smoothing: float = 0.1, class_weight=None, loss_weight: float = 1.0,
                  ignore_index: int = 255, loss_name: str = "loss_smooth_ce"):
-        super().__init__()
+        super().__init__(class_weight, loss_weight, ignore_index, loss_name)
         if not 0.0 <= smoothing < 1.0:
             raise ParameterError(f"SmoothCrossEntropyLoss smoothing={smoothing}; expected "
                                  "0 <= smoothing < 1")
         self.smoothing = smoothing
-        self.class_weight = class_weight
-        self.loss_weight = loss_weight
-        self.ignore_index = ignore_index
-        self._loss_name = loss_name
 
     def forward(self, pred, target, weight=None, ignore_index=None, **kwargs):
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self._ignore(ignore_index)
         logits, labels = _valid_pixels(pred, target, ignore)
         if labels.numel() == 0:
             return pred.sum() * 0.0
@@ -268,10 +258,6 @@ class SmoothCrossEntropyLoss(nn.Module):
         w = torch.ones_like(nll) if self.class_weight is None else \
             logits.new_tensor(self.class_weight)[labels]
         return self.loss_weight * (loss * w).sum() / w.sum().clamp_min(1e-12)
-
-    @property
-    def loss_name(self):
-        return self._loss_name
 
 
 def balanced_class_weights(coco_file: str | os.PathLike, classes: ClassTable,
