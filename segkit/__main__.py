@@ -23,7 +23,8 @@ def _cmd_sample(args) -> int:
 def _cmd_check_coco(args) -> int:
     from segkit.coco import check_coco
 
-    problems, warnings = check_coco(args.file, args.data_root)
+    problems, warnings = check_coco(args.file, args.data_root,
+                                    allow_outside_root=args.allow_outside_root)
     for w in warnings:
         print(f"warning: {w}")
     for p in problems:
@@ -170,7 +171,7 @@ def _cmd_pipeline(args) -> int:
     options = {k: v for k, v in (("partition", args.partition),
                                  ("gpus_per_job", args.gpus_per_job), ("time", args.time),
                                  ("cpus_per_job", args.cpus_per_job)) if v is not None}
-    executed = run_pipeline(args.spec, parse_assignments(args.params),
+    executed = run_pipeline(args.spec, parse_assignments(args.params), kernel=args.kernel,
                             parallel=args.parallel, executor=args.executor,
                             executor_options=options)
     for path in executed:
@@ -202,46 +203,118 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m segkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default (where it has one); epilogs keep their line
+    breaks."""
 
-    p = sub.add_parser("sample", help="write the synthetic sample dataset")
-    p.add_argument("dir")
-    p.add_argument("--n-train", type=int, default=80)
-    p.add_argument("--n-test", type=int, default=20)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_sample)
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if action.default not in (None, "", [], argparse.SUPPRESS, False) and \
+                "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
+
+def _command(sub, name: str, func, help: str, **kwargs) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter,
+                            **kwargs)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _data_commands(sub) -> None:
+    p = _command(sub, "sample", _cmd_sample, "write the synthetic sample dataset")
+    p.add_argument("dir", help="the folder to write it into")
+    p.add_argument("--n-train", type=int, default=80, help="training images")
+    p.add_argument("--n-test", type=int, default=20, help="test images")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+
+    p = _command(sub, "check-coco", _cmd_check_coco,
+                 "validate a COCO file (and its images) and list problems")
+    p.add_argument("file", help="the annotation file")
+    p.add_argument("--data-root", default=None, help="folder the file_name entries are "
+                                                     "relative to (checks the images too)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept file names that leave the data root (../, absolute paths)")
+
+    p = _command(sub, "split", _cmd_split, "StratifiedGroupKFold folds of a COCO file "
+                 "(fold{k}_train.json / fold{k}_val.json)")
+    p.add_argument("file", help="the annotation file to split, e.g. train_all.json")
+    p.add_argument("--out", default=None, help="output folder (default: outputs/splits)")
+    p.add_argument("--n-splits", type=int, default=5, help="number of folds")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--by", choices=["annotations", "pixels"], default="annotations",
+                   help="stratify annotation counts or pixel shares per class")
+    p.add_argument("--group-by", default=None,
+                   help="keep each group in one fold: regex:PATTERN (on the file's base name, "
+                        "e.g. 'regex:^(\\w+?)_'), field:NAME (an image field, e.g. "
+                        "field:video_id) or frames:GAP (runs of frame numbers); none: the "
+                        "image")
+
+    p = _command(sub, "duplicates", _cmd_duplicates, "print the near-duplicate image pairs of "
+                 "a COCO file (perceptual hashes, cached)")
+    p.add_argument("file", help="the annotation file, e.g. train_all.json")
+    p.add_argument("--data-root", default=None,
+                   help="folder the file_name entries are relative to (default: the file's)")
+    p.add_argument("--threshold", type=int, default=10,
+                   help="most differing bits of 64, for both pHash and dHash")
+    p.add_argument("--processes", type=int, default=2, help="hashing processes")
+
+    p = _command(sub, "copy-paste", _cmd_copy_paste, "paste rare-class instances onto "
+                 "background-heavy images; writes outputs/copy_paste/NAME/")
+    p.add_argument("file", help="the training annotation file, e.g. "
+                                "outputs/splits/fold0_train.json")
+    p.add_argument("--data-root", required=True, help="folder the file's file_name entries "
+                                                      "are relative to")
+    p.add_argument("--name", default="default", help="the output folder's name")
+    p.add_argument("--classes", nargs="+", default=["Battery", "Clothing"],
+                   help="the classes to paste")
+    p.add_argument("--images-per-class", nargs="+", default=["10"],
+                   help="a number, or CLASS=NUMBER pairs")
+    p.add_argument("--objects-per-image", type=int, default=2, help="pasted objects per image")
+    p.add_argument("--scale", type=float, nargs=2, default=[0.75, 1.25],
+                   metavar=("LOW", "HIGH"), help="random scale range")
+    p.add_argument("--rotation", type=float, nargs=2, default=[-30.0, 30.0],
+                   metavar=("LOW", "HIGH"), help="random rotation range, degrees")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out-root", default=None, help="default: outputs/copy_paste")
+
+
+def _model_commands(sub) -> None:
     from segkit.train_parameters import help_text
 
-    p = sub.add_parser("train", help="train a model: key=value training parameters (under "
-                       "torchrun for several GPUs)", formatter_class=argparse.RawTextHelpFormatter,
-                       epilog="training parameters (KEY, default, meaning):\n" + help_text())
+    p = _command(sub, "train", _cmd_train, "train a model from KEY=VALUE training parameters "
+                 "(under torchrun for several GPUs)",
+                 epilog="training parameters (KEY, default, meaning):\n" + help_text())
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="e.g. fold=3 model=upernet_swin_l iters=80000 data_root=/data/trash")
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("predict", help="predict a run's validation fold (scored) and the test "
-                                       "images (submission CSV), as 05_predict does")
+    p = _command(sub, "predict", _cmd_predict, "predict a run's validation fold (scored) and "
+                 "the test images (submission CSV), as 05_predict does")
     p.add_argument("run", help="a run folder, or a run name under outputs/runs")
-    p.add_argument("--splits", nargs="+", choices=["val", "test"], default=["val", "test"])
+    p.add_argument("--splits", nargs="+", choices=["val", "test"], default=["val", "test"],
+                   help="what to predict")
     p.add_argument("--data-root", default=None, help="default: the data the run was trained on")
     p.add_argument("--test-file", default="test.json", help="relative to the data root")
-    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file")
+    p.add_argument("--checkpoint", default="best",
+                   help="best | last | an iteration | a checkpoint file")
     p.add_argument("--flips", nargs="*", default=["h"], choices=["h", "v"],
-                   help="flip TTA (default: h; none: --flips with no value)")
+                   help="flip TTA (none: --flips with no value)")
     p.add_argument("--scales", nargs="+", type=float, default=[1.0], help="TTA scale factors")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                    help="the submission's label map size")
     p.add_argument("--name", default="", help="outputs/predictions/NAME/ (default: the run's)")
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("pipeline", help="run notebooks in sequence from a YAML spec (papermill)")
+
+def _flow_commands(sub) -> None:
+    p = _command(sub, "pipeline", _cmd_pipeline,
+                 "run notebooks in sequence from a YAML spec (papermill)")
     p.add_argument("spec", help="e.g. notebooks/demo.yaml")
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="shared parameters overriding the spec's, e.g. data_root=/data/trash")
+    p.add_argument("--kernel", default="python3",
+                   help="the Jupyter kernel the notebooks run in (e.g. segkit)")
     p.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="run up to N notebooks of a fanned-out step (foreach) at once, each "
                         "on a GPU of its own (default: one per GPU; 1 on a CPU machine)")
@@ -255,11 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", type=int, default=None, metavar="MINUTES",
                    help="time limit of each job in minutes")
 
-    p.set_defaults(func=_cmd_pipeline)
-
-    p = sub.add_parser("oof", help="out-of-fold score of one recipe's fold runs: OOF mIoU, "
-                                   "per-class IoU, per-fold mIoU with mean and std")
-    p.set_defaults(func=_cmd_oof)
+    p = _command(sub, "oof", _cmd_oof, "out-of-fold score of one recipe's fold runs: OOF "
+                 "mIoU, per-class IoU, per-fold mIoU with mean and std")
     p.add_argument("runs", nargs="+", help="the fold runs (folders or names under "
                                            "outputs/runs), one per fold of one split")
     p.add_argument("--checkpoint", default="best", help="best | last | an iteration")
@@ -267,87 +337,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flip TTA (none: --flips with no value)")
     p.add_argument("--name", default="", help="outputs/oof/NAME (default: the recipe's)")
 
-    p = sub.add_parser("lb", help="record a public-leaderboard score beside a submission "
-                                  "(appended to outputs/leaderboard.jsonl)")
-    p.set_defaults(func=_cmd_lb)
+    p = _command(sub, "lb", _cmd_lb, "record a public-leaderboard score beside a submission "
+                 "(appended to outputs/leaderboard.jsonl)")
     p.add_argument("submission", help="the submission CSV that was uploaded")
     p.add_argument("score", help="its public leaderboard score (mIoU, 0-1)")
     p.add_argument("--note", default="", help="what it was, e.g. '5-fold soft vote'")
 
+    _command(sub, "demo", _cmd_demo, "the whole flow on the embedded synthetic sample")
 
-    p = sub.add_parser("demo", help="the whole flow on the embedded synthetic sample")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("check-coco", help="validate a COCO file (and its images) and list problems")
-    p.add_argument("file")
-    p.add_argument("--data-root", default=None, help="folder the file_name entries are relative to")
-    p.set_defaults(func=_cmd_check_coco)
-
-    p = sub.add_parser("check-submission",
-                       help="list every problem of a submission CSV against test.json")
-    p.add_argument("csv")
+    p = _command(sub, "check-submission", _cmd_check_submission,
+                 "list every problem of a submission CSV against test.json")
+    p.add_argument("csv", help="the submission CSV")
     p.add_argument("--test-json", required=True, help="the test.json the rows must follow")
     p.add_argument("--num-classes", type=int, default=None,
                    help="default: the test.json's categories plus background")
-    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
-    p.set_defaults(func=_cmd_check_submission)
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="the label map size of the rows")
 
-    p = sub.add_parser("ensemble", help="vote submissions (hard) or prediction folders (soft) "
-                                        "into a submission CSV")
+    p = _command(sub, "ensemble", _cmd_ensemble, "vote submissions (hard) or prediction "
+                 "folders (soft) into a submission CSV")
     p.add_argument("inputs", nargs="*",
                    help="submission CSVs (hard) or prediction folders (soft)")
-    p.add_argument("--method", choices=["hard", "soft"], required=True)
-    p.add_argument("--out", required=True, help="the submission CSV to write")
+    p.add_argument("--method", choices=["hard", "soft"], required=True, help="the vote")
+    p.add_argument("--out", required=True, help="the submission CSV to write (not an input)")
     p.add_argument("--weights", nargs="+", default=None,
                    help="one weight per input (default: equal)")
     p.add_argument("--num-classes", type=int, default=11,
                    help="hard vote only; a soft vote takes the classes from meta.json")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                    help="hard vote only: the label map size of the rows")
-    p.set_defaults(func=_cmd_ensemble)
 
-    p = sub.add_parser("split", help="StratifiedGroupKFold folds of a COCO file "
-                                     "(fold{k}_train.json / fold{k}_val.json)")
-    p.add_argument("file", help="the annotation file to split, e.g. train_all.json")
-    p.add_argument("--out", default=None, help="output folder (default: outputs/splits)")
-    p.add_argument("--n-splits", type=int, default=5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--by", choices=["annotations", "pixels"], default="annotations",
-                   help="stratify annotation counts (default) or pixel shares per class")
-    p.add_argument("--group-by", default=None,
-                   help="keep each group in one fold: regex:PATTERN (on the file's base name, "
-                        "e.g. 'regex:^(\\w+?)_'), field:NAME (an image field, e.g. "
-                        "field:video_id) or frames:GAP (runs of frame numbers); default: the "
-                        "image")
-    p.set_defaults(func=_cmd_split)
 
-    p = sub.add_parser("duplicates", help="print the near-duplicate image pairs of a COCO file "
-                                          "(perceptual hashes, cached)")
-    p.add_argument("file", help="the annotation file, e.g. train_all.json")
-    p.add_argument("--data-root", default=None,
-                   help="folder the file_name entries are relative to (default: the file's)")
-    p.add_argument("--threshold", type=int, default=10,
-                   help="most differing bits of 64, for both pHash and dHash (default 10)")
-    p.add_argument("--processes", type=int, default=2, help="hashing processes (default 2)")
-    p.set_defaults(func=_cmd_duplicates)
+def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
 
-    p = sub.add_parser("copy-paste", help="paste rare-class instances onto background-heavy "
-                                          "images; writes outputs/copy_paste/NAME/")
-    p.add_argument("file", help="the training annotation file, e.g. outputs/splits/fold0_train.json")
-    p.add_argument("--data-root", required=True, help="folder the file's file_name entries "
-                                                      "are relative to")
-    p.add_argument("--name", default="default")
-    p.add_argument("--classes", nargs="+", default=["Battery", "Clothing"])
-    p.add_argument("--images-per-class", nargs="+", default=["10"],
-                   help="a number, or CLASS=NUMBER pairs")
-    p.add_argument("--objects-per-image", type=int, default=2)
-    p.add_argument("--scale", type=float, nargs=2, default=[0.75, 1.25], metavar=("LOW", "HIGH"))
-    p.add_argument("--rotation", type=float, nargs=2, default=[-30.0, 30.0],
-                   metavar=("LOW", "HIGH"), help="degrees")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-root", default=None, help="default: outputs/copy_paste")
-    p.set_defaults(func=_cmd_copy_paste)
-
+    parser = argparse.ArgumentParser(prog="segkit", description=__doc__.splitlines()[0],
+                                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"segkit {version('segkit')}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_commands(sub)
+    _model_commands(sub)
+    _flow_commands(sub)
     return parser
 
 

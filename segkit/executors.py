@@ -102,9 +102,10 @@ class NotebookJob:
     output: str | os.PathLike
     label: str = ""
     environment: dict = field(default_factory=dict)
+    kernel: str = "python3"
 
     def __call__(self) -> str:
-        from segkit.pipeline import run_notebook
+        from segkit.notebook import run_notebook
 
         for key, value in self.environment.items():
             if value is None:
@@ -112,7 +113,7 @@ class NotebookJob:
             else:
                 os.environ[key] = str(value)
         params = resume_parameters(self.notebook, self.parameters)
-        return str(run_notebook(self.notebook, self.output, params))
+        return str(run_notebook(self.notebook, self.output, params, kernel=self.kernel))
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on preemption or time-out: the same job again, which resumes
@@ -215,7 +216,7 @@ def _run_local(jobs: list[NotebookJob], parallel: int, folder: Path, options: di
 
 
 def _collect(jobs: list[NotebookJob], submitted: list) -> list[Path]:
-    from segkit.pipeline import NotebookError
+    from segkit.notebook import NotebookError
 
     results, failures = [], []
     for job, handle in zip(jobs, submitted, strict=True):

@@ -25,74 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segkit.errors import SegkitError
-from segkit.paths import PROJECT_ROOT, outputs_dir
-
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-
-
-class NotebookError(SegkitError):
-    """A notebook failed: names the notebook, the executed copy, and the failing cell."""
-
-
-def notebook_path(name: str | os.PathLike) -> Path:
-    """`"04_train"` or `"04_train.ipynb"` or a path -> the notebook's path."""
-    path = Path(name)
-    if path.suffix != ".ipynb":
-        path = path.with_suffix(".ipynb")
-    if not path.exists() and (NOTEBOOKS_DIR / path.name).exists():
-        path = NOTEBOOKS_DIR / path.name
-    if not path.exists():
-        raise SegkitError(f"notebook {str(name)!r} not found (looked in {NOTEBOOKS_DIR})")
-    return path
-
-
-# Path parameters a user types relative to the shell they run in. The kernel runs in the
-# notebooks folder, so a relative one that exists from here is made absolute first (one that
-# does not is left for the notebook, which also looks under the project root and outputs/).
-PATH_PARAMETERS = ("data_root", "run_dir", "run_dirs", "runs", "curve_runs", "error_run",
-                   "split_dir", "splits_dir", "output_dir", "train_file", "val_file",
-                   "extra_train_files", "load_from", "work_dir")
-
-
-def _from_here(value):
-    if isinstance(value, (list, tuple)):
-        return [_from_here(v) for v in value]
-    if isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).exists():
-        return str(Path(value).resolve())
-    return value
-
-
-def run_notebook(name: str | os.PathLike, output: str | os.PathLike,
-                 parameters: dict | None = None, progress: bool = False,
-                 timeout: int | None = None) -> Path:
-    """Execute a notebook with papermill, injecting `parameters`, saving the executed copy.
-
-    The kernel runs in the notebooks folder (as in JupyterLab). A failing cell raises a
-    NotebookError naming the executed copy and the cell; the copy keeps the traceback.
-    """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    source = notebook_path(name)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("SEGKIT_OUTPUTS"):
-        # kernels run in the notebooks folder: a relative SEGKIT_OUTPUTS must mean the same
-        # folder there as here
-        os.environ["SEGKIT_OUTPUTS"] = str(Path(os.environ["SEGKIT_OUTPUTS"]).resolve())
-    parameters = {k: _from_here(v) if k in PATH_PARAMETERS else v
-                  for k, v in (parameters or {}).items()}
-    try:
-        papermill.execute_notebook(
-            str(source), str(output), parameters=parameters, kernel_name="python3",
-            cwd=str(source.parent), progress_bar=progress, log_output=False,
-            execution_timeout=timeout)
-    except PapermillExecutionError as exc:
-        first_line = exc.source.strip().splitlines()[0] if exc.source.strip() else ""
-        raise NotebookError(
-            f"{source.name} failed in cell {exc.cell_index} ({first_line!r}): "
-            f"{exc.ename}: {exc.evalue}; executed notebook: {output}") from None
-    return output
+from segkit.notebook import (  # noqa: F401  (the one-notebook layer, importable from here too)
+    NOTEBOOKS_DIR,
+    PATH_PARAMETERS,
+    NotebookError,
+    from_here,
+    notebook_defaults,
+    notebook_parameters,
+    notebook_path,
+    run_notebook,
+)
+from segkit.paths import outputs_dir
 
 
 def default_run(fold: int = 0, data_root: str | os.PathLike = ""):
@@ -182,37 +125,6 @@ def load_spec(path: str | os.PathLike) -> dict:
                               "non-empty lists, e.g. foreach: {fold: [0, 1, 2]}")
     spec.setdefault("name", path.stem)
     return spec
-def notebook_defaults(notebook: str | os.PathLike) -> dict:
-    """{name: default} of the names a notebook's `parameters` cell assigns, in order (read with
-    Python's own parser: papermill's inspection misreads lines like `x = ""  # "" = default`);
-    a default that is not a literal is left as None."""
-    import ast
-
-    import nbformat
-
-    path = notebook_path(notebook)
-    nb = nbformat.read(str(path), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if not cells:
-        raise SegkitError(f"{path}: no cell tagged 'parameters'")
-    found: dict = {}
-    for node in ast.parse(cells[0].source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) else []
-        for target in targets:
-            if isinstance(target, ast.Name) and target.id not in found:
-                try:
-                    found[target.id] = ast.literal_eval(node.value)
-                except (ValueError, TypeError, SyntaxError):
-                    found[target.id] = None
-    return found
-
-
-def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
-    """The names a notebook's `parameters` cell assigns, in order."""
-    return list(notebook_defaults(notebook))
-
-
 def plan_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None
                   ) -> list[tuple[str, dict, Path]]:
     """A spec's notebooks as (notebook, parameters, executed copy), one per item of a fanned-out
@@ -343,7 +255,7 @@ def _plan(spec: dict, spec_path, overrides: dict | None) -> list[PlannedStep]:
 
 
 def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
-                 progress: bool = True, parallel: int | None = None,
+                 progress: bool = True, kernel: str = "python3", parallel: int | None = None,
                  executor: str | None = None, executor_options: dict | None = None
                  ) -> list[Path]:
     """Run a spec's notebooks in order (checked first, see `plan_pipeline`); stops at the first
@@ -357,7 +269,7 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
     `executor_options`; the next step starts when all of them are done. A 04_train item
     whose run folder holds a checkpoint of the same parameters resumes it.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from segkit.executors import (
         NotebookJob,
@@ -383,11 +295,12 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
             if not step.fanned:
                 params, output, _ = step.items[0]
                 executed.append(run_notebook(step.name, output,
-                                             resume_parameters(step.name, params)))
+                                             resume_parameters(step.name, params),
+                                             kernel=kernel))
                 continue
-            jobs = [NotebookJob(step.name, {k: _from_here(v) if k in PATH_PARAMETERS else v
+            jobs = [NotebookJob(step.name, {k: from_here(v) if k in PATH_PARAMETERS else v
                                             for k, v in params.items()}, output, label,
-                                {"SEGKIT_OUTPUTS": str(outputs_dir().resolve())})
+                                {"SEGKIT_OUTPUTS": str(outputs_dir().resolve())}, kernel)
                     for params, output, label in step.items]
             executed += run_jobs(jobs, executor, parallel, outputs_dir() / "pipelines" /
                                  spec["name"] / "jobs", options,

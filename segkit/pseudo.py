@@ -280,7 +280,7 @@ def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | o
     passed; `overrides` (iters, ...) win, and one the notebook does not declare is a
     ParameterError.
     """
-    from segkit.pipeline import notebook_parameters
+    from segkit.notebook import notebook_parameters
     from segkit.train_parameters import defaults
 
     check_round2_start(start)
@@ -310,8 +310,8 @@ def train_round2(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.Pat
     A finished run of that name trained with the same parameters is reused; one trained with
     others is a ParameterError (choose another run name), never overwritten.
     """
+    from segkit.notebook import run_notebook
     from segkit.paths import outputs_dir
-    from segkit.pipeline import run_notebook
 
     params = round2_parameters(run_dir, pseudo_files, run_name, start, checkpoint, **overrides)
     work_dir = outputs_dir() / "runs" / run_name

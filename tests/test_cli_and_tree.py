@@ -44,7 +44,7 @@ def test_bad_training_parameters_are_refused_before_any_work(capsys):
                          ("image_size=abc", "image_size='abc': expected an integer"),
                          ("fold=abc", "fold='abc': expected an integer"),
                          ("amp=maybe", "amp='maybe': expected true or false"),
-                         ("augment=[blur]", "augment has ['blur']"),
+                         ("augment=[sparkle]", "sparkle"),
                          ("schedule=linear", "schedule='linear'; allowed: poly, cosine")):
         assert main(["train", bad]) == 2, bad
         err = capsys.readouterr().err
@@ -75,3 +75,51 @@ def test_committed_notebooks_are_what_the_filter_writes():
         cleaned = subprocess.run(_filter_command(), input=committed, capture_output=True,
                                  check=True).stdout
         assert cleaned == committed, f"{path} changes under the nbstripout filter"
+
+
+def test_ensemble_refuses_to_write_over_one_of_its_inputs(tmp_path, capsys):
+    import numpy as np
+
+    from segkit.submission import write_submission
+
+    inputs = []
+    for k in range(2):
+        path = tmp_path / f"s{k}.csv"
+        write_submission(path, ["a.jpg"], [np.full((4, 4), k, np.uint8)], size=(4, 4))
+        inputs.append(path)
+    before = inputs[0].read_bytes()
+    code = main(["ensemble", "--method", "hard", "--size", "4", "4", "--out",
+                 str(tmp_path / "." / "s0.csv"), *map(str, inputs)])
+    assert code == 2 and "is also an input" in capsys.readouterr().err
+    assert inputs[0].read_bytes() == before
+
+
+def test_every_path_parameter_of_every_notebook_means_the_callers_folder():
+    """A path a user types is made absolute before the kernel (which runs in notebooks/) sees
+    it; the rest are file names relative to data_root, by design."""
+    from segkit.notebook import NOTEBOOKS_DIR, PATH_PARAMETERS, notebook_parameters
+
+    relative_to_data_root = {"annotation_file", "test_file", "holdout_file"}
+    for path in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")):
+        for name in notebook_parameters(path):
+            if name.endswith(("_dir", "_dirs", "_root", "_file", "_files", "_from")) or \
+                    name in ("runs", "curve_runs", "error_run"):
+                assert name in PATH_PARAMETERS or name in relative_to_data_root, (path.stem, name)
+
+
+def test_a_pipeline_runs_its_notebooks_in_the_kernel_asked_for(monkeypatch, tmp_path):
+    import segkit.pipeline as pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_notebook",
+                        lambda name, output, params, kernel="python3": seen.append(kernel))
+    spec = tmp_path / "one.yaml"
+    spec.write_text("steps:\n  - notebook: 08_report\n")
+    pipeline.run_pipeline(spec, progress=False, kernel="segkit")
+    assert seen == ["segkit"]
+
+
+def test_make_bench_lists_the_benchmarks():
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / "run_all.py"),
+                           "--list"], capture_output=True, text=True, check=True)
+    assert "bench_data.py" in done.stdout and "bench_submission.py" in done.stdout
