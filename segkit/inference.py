@@ -49,7 +49,10 @@ def load_model(run: str | os.PathLike | Run | None = None, checkpoint: str = "be
             raise SegkitError(f"{ckpt}: checkpoint not found")
     if not Path(config).exists():
         raise SegkitError(f"{config}: config not found")
-    model = init_model(str(config), str(ckpt), device=pick_device(device))
+    from segkit.compat import quiet_model_loading
+
+    with quiet_model_loading():
+        model = init_model(str(config), str(ckpt), device=pick_device(device))
     model.eval()
     model.segkit_checkpoint = str(Path(ckpt).resolve())  # meta.json means it from any folder
     model.segkit_input_scale = validation_scale(model.cfg)
