@@ -65,6 +65,14 @@ def _local_socket_kernels():
         def _default_transport(self):
             return "ipc"
 
+        @default("ip")
+        def _default_ip(self):
+            # each kernel its own socket folder: jupyter_client numbers IPC sockets from 1 in
+            # one place, so kernels started at once by several processes would share sockets
+            import tempfile
+
+            return os.path.join(tempfile.mkdtemp(prefix="segkit-kernel-"), "kernel")
+
     return LocalSocketKernelManager
 
 
