@@ -13,6 +13,7 @@ Example (the first code cell of 05_predict):
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -54,6 +55,18 @@ def from_here(value):
     return value
 
 
+@functools.cache
+def _socket_folder() -> str:
+    """This process's folder for its kernels' sockets, removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="segkit-kernels-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def _local_socket_kernels():
     """A kernel manager whose kernels talk over local sockets (IPC): over TCP, ipykernel warns
     into the log of every executed notebook that the connection is not encrypted."""
@@ -67,11 +80,11 @@ def _local_socket_kernels():
 
         @default("ip")
         def _default_ip(self):
-            # each kernel its own socket folder: jupyter_client numbers IPC sockets from 1 in
-            # one place, so kernels started at once by several processes would share sockets
-            import tempfile
+            # each kernel its own socket names: jupyter_client numbers IPC sockets from 1 under
+            # one name, so kernels started at once by several processes would share sockets
+            import uuid
 
-            return os.path.join(tempfile.mkdtemp(prefix="segkit-kernel-"), "kernel")
+            return os.path.join(_socket_folder(), f"kernel-{uuid.uuid4().hex[:12]}")
 
     return LocalSocketKernelManager
 
