@@ -175,26 +175,16 @@ def _without_import_notes():
 @contextmanager
 def quiet_model_loading():
     """Loading a model in a notebook (05-07): mmengine prints "Loads checkpoint by local backend"
-    for every checkpoint, and the first load imports mmdet's heads, which warn that mmcv's
-    compiled ops are absent (Mask2Former's need is reported by segkit's stand-in when it is
-    real) and that the lane-detection NMS is not compiled (nothing segkit uses)."""
+    for every checkpoint, and the first load warns that mmcv's compiled deformable attention is
+    absent (Mask2Former's real need is reported by segkit's stand-in)."""
     import warnings
 
-    from mmengine.logging import MMLogger
-
-    logger = MMLogger.get_current_instance()
     buffer = io.StringIO()
-
-    def errors_only(record):
-        return record.levelno >= 40
-
-    logger.addFilter(errors_only)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
             warnings.filterwarnings("ignore", message="Fail to import ``MultiScaleDeformable")
             yield
     finally:
-        logger.removeFilter(errors_only)
         sys.stdout.write("".join(line for line in buffer.getvalue().splitlines(keepends=True)
                                  if not line.startswith("Loads checkpoint by")))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from segkit.classes import ClassTable
 from segkit.coco import cached_label_maps, load_coco
+from segkit.errors import CocoError
 from segkit.paths import resolve_output_path
 
 
@@ -86,9 +87,11 @@ def check_training_data(sources: list, val_sources: list, data_root=None) -> Non
     cocos = []
     for source in list(sources) + list(val_sources):
         ann_file, root = resolve_source(source, data_root)
-        coco = load_coco(ann_file)
-        if not (coco.images and all("seg_map" in img for img in coco.images)):
-            coco = load_coco(ann_file, require_annotations=True)
+        coco = load_coco(ann_file)  # once: the check below needs no second read
+        own_labels = coco.images and all("seg_map" in img for img in coco.images)
+        if not own_labels and not coco.annotations:
+            raise CocoError(f"{ann_file}: no annotations to train on (a training file needs "
+                            "them; only pseudo-label files bring their own label maps)")
         check_image_files(coco, root)
         cocos.append(coco)
     check_same_categories(cocos)
