@@ -26,8 +26,7 @@ import pandas as pd
 
 from segkit.errors import ParameterError, SegkitError
 from segkit.paths import outputs_dir, write_text_atomic
-
-HEADER = "image_id,PredictionString"
+from segkit.submission_codec import HEADER
 
 
 def leaderboard_file() -> Path:

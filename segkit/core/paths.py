@@ -113,3 +113,10 @@ def read_json_file(path: str | os.PathLike, missing: str) -> dict:
         raise SegkitError(missing) from None
     except ValueError as exc:
         raise SegkitError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV atomically (same table, same bytes)."""
+    path = Path(path)
+    write_text_atomic(path, df.to_csv(lineterminator="\n", float_format="%.6g"))
+    return path

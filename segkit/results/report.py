@@ -78,10 +78,3 @@ def confused_pairs(confusion, class_names, top: int = 10) -> pd.DataFrame:
         .reset_index(drop=True)
 
 
-def val_predictions(run: str | os.PathLike | Run, checkpoint: str = "best") -> Path:
-    """The run's validation prediction folder with full-size labels (outputs/predictions/
-    <run>/val, as 05 writes it with its defaults), predicting it first if it is missing."""
-    from segkit.predict import predict_run
-
-    return predict_run(run, "val", checkpoint=checkpoint, save_full_labels=True,
-                       flips=("h",)).path

@@ -265,3 +265,5 @@ def common_validation(runs: Sequence[str | os.PathLike | Run]) -> tuple[Path, Pa
             raise SegkitError(f"{run.path}: validated on {other}, but {opened[0].path} on "
                               f"{val}; ensembles compare runs of the same fold")
     return root, val
+
+

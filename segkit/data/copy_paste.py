@@ -388,33 +388,3 @@ def class_counts(before: Coco, generated: Coco, classes: ClassTable) -> pd.DataF
     return table
 
 
-def preview(train: Coco, data_root: str | os.PathLike, result: CopyPasteResult, n: int = 4):
-    """A figure with, per generated image, its target before (image, labels) and after
-    (image, labels); the legend lists the classes shown.
-
-    Example:
-        >>> preview(train, "data", result, n=4)                         # doctest: +SKIP
-    """
-    from segkit.coco import label_map
-    from segkit.viz import legend_handles, overlay, show_grid
-
-    if n < 1:
-        raise ParameterError(f"n must be at least 1, got {n}")
-    generated = load_coco(result.coco_file)
-    table = ClassTable.for_coco(train.categories)
-    firsts = result.pasted.drop_duplicates("image_id").head(n)
-    rows, titles, present = [], [], set()
-    for image_id, target_id in zip(firsts["image_id"], firsts["target_image_id"]):
-        target, new = train.image_by_id[int(target_id)], generated.image_by_id[int(image_id)]
-        before, after = label_map(train, target, table), label_map(generated, new, table)
-        old_rgb, new_rgb = read_image(data_root, target), read_image(result.data_root, new)
-        rows.append([old_rgb, overlay(old_rgb, before, table), new_rgb,
-                     overlay(new_rgb, after, table)])
-        titles.append(f"{Path(new['file_name']).name}\nfrom {Path(target['file_name']).name}")
-        present.update(np.unique(before).tolist() + np.unique(after).tolist())
-    fig = show_grid(rows, titles=["target", "target labels", "pasted", "pasted labels"],
-                    row_titles=titles)
-    fig.legend(handles=legend_handles(table, present), loc="lower center",
-               ncol=min(6, len(present)), frameon=False)
-    fig.subplots_adjust(bottom=0.1)
-    return fig

@@ -1,0 +1,149 @@
+"""TODO docstring"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import OrderedDict
+import numpy as np
+from segkit import compat
+import torch  # noqa: E402
+from mmengine.dist import is_main_process  # noqa: E402
+from mmengine.hooks import CheckpointHook, Hook  # noqa: E402
+from mmengine.logging import MMLogger, print_log  # noqa: E402
+from mmengine.logging.logger import MMFormatter  # noqa: E402
+from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
+from mmengine.optim.scheduler import OneCycleLR  # noqa: E402
+from mmengine.registry import (  # noqa: E402
+    HOOKS,
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    PARAM_SCHEDULERS,
+    RUNNERS,
+)
+from mmengine.runner import Runner  # noqa: E402
+from mmseg.datasets import BaseSegDataset  # noqa: E402
+from mmseg.engine.hooks import SegVisualizationHook  # noqa: E402
+from mmseg.evaluation import IoUMetric  # noqa: E402
+from mmseg.registry import DATASETS, METRICS  # noqa: E402
+from torch.nn import GroupNorm, LayerNorm  # noqa: E402
+from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
+from torch.nn.modules.instancenorm import _InstanceNorm  # noqa: E402
+import segkit.backbones  # noqa: E402,F401  (registers ConvNeXt, EfficientNetLite0)
+import segkit.batch_mix  # noqa: E402,F401  (registers SegCutMix, SegClassMix, MixSegDataPreProcessor)
+import segkit.data_cache  # noqa: E402,F401  (registers the cached-image transforms)
+import segkit.losses  # noqa: E402,F401  (registers the losses that skip ignored pixels)
+from segkit.classes import ClassTable  # noqa: E402
+from segkit.metrics import iou_from_areas, mean_iou  # noqa: E402
+from segkit.sources import data_list  # noqa: E402
+
+
+@HOOKS.register_module()
+class RNGStateHook(Hook):
+    """Makes `resume=True` continue exactly where a killed run stopped.
+
+    On resume mmengine re-seeds every generator and fast-forwards the sampler without
+    loading the skipped batches, so the augmentations (numpy) and dropout / drop-path
+    masks (torch) would differ from an uninterrupted run. Checkpoints keep the generators'
+    states; numpy's and Python's are put back before the first resumed batch is loaded,
+    torch's after it (creating the data loader iterator draws from torch's generator).
+    Validation leaves the generators as it found them, so training draws the same
+    numbers whatever the validation interval.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self):
+        self._saved = None
+        self._before_val = None
+
+    @staticmethod
+    def _states():
+        return dict(
+            torch=torch.get_rng_state(), numpy=np.random.get_state(),
+            python=random.getstate(),
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+    def before_val_epoch(self, runner):
+        self._before_val = self._states()
+
+    def after_val_epoch(self, runner, metrics=None):
+        if self._before_val:
+            torch.set_rng_state(self._before_val["torch"])
+            np.random.set_state(self._before_val["numpy"])
+            random.setstate(self._before_val["python"])
+            self._before_val = None
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint["segkit_rng"] = self._before_val or self._states()
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        self._saved = checkpoint.get("segkit_rng")
+
+    def before_train(self, runner):
+        if self._saved:
+            np.random.set_state(self._saved["numpy"])
+            random.setstate(self._saved["python"])
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if self._saved:
+            torch.set_rng_state(self._saved["torch"])
+            if self._saved["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._saved["cuda"])
+            self._saved = None
+
+
+@HOOKS.register_module()
+class SegValVisualizationHook(SegVisualizationHook):
+    """mmseg's SegVisualizationHook (`draw`, `interval`) drawing the same validation images at
+    every validation (every `interval`-th, from the first), logged at the training iteration,
+    so an image's pictures in TensorBoard / W&B show the model learning. mmseg's picks
+    different images at each validation (the index depends on the training iteration) and
+    reads every image from disk even when it draws none."""
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch: dict, outputs) -> None:
+        if not self.draw or batch_idx % self.interval:
+            return
+        import mmcv
+        from mmengine.fileio import get
+
+        for output in outputs[:1]:
+            img = mmcv.imfrombytes(get(output.img_path, backend_args=self.backend_args),
+                                   channel_order="rgb")
+            self._visualizer.add_datasample(f"val_{os.path.basename(output.img_path)}", img,
+                                            data_sample=output, show=False, step=runner.iter)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook, but an old interval checkpoint is removed only once the new
+    one is written: mmengine removes it first, so a failed write (a full disk) left no
+    checkpoint at all to resume from."""
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        keep = self.max_keep_ckpts
+        if keep <= 0:
+            return super()._save_checkpoint_with_step(runner, step, meta)
+        self.max_keep_ckpts = -1  # mmengine's removal, before the write, is skipped
+        try:
+            super()._save_checkpoint_with_step(runner, step, meta)
+        finally:
+            self.max_keep_ckpts = keep
+        before = list(self.keep_ckpt_ids)
+        if not before or before[-1] != step:
+            self.keep_ckpt_ids.append(step)  # a bounded deque drops the oldest itself
+        while len(self.keep_ckpt_ids) > keep:
+            self.keep_ckpt_ids.popleft()
+        for old_step in set(before) - set(self.keep_ckpt_ids):
+            old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old_step))
+            if is_main_process() and self.file_backend.isfile(old):
+                self.file_backend.remove(old)
+        runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+
+
+@HOOKS.register_module()
+class ChannelsLastHook(Hook):
+    """The model in channels-last memory format (faster convolutions on tensor cores)."""
+
+    def before_run(self, runner) -> None:
+        runner.model.to(memory_format=torch.channels_last)
