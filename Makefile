@@ -27,8 +27,10 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow
 
+# ruff, and the layer rule: no import from a lower folder of segkit to a higher one
 lint: setup
 	$(VENV)/bin/ruff check segkit tests benchmarks notebooks
+	$(PY) -m pytest -q -p no:cacheprovider -o addopts= tests/test_layers.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py

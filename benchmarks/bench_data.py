@@ -4,7 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/bench_data.py [--images 32] [--samples 96] [--repeats 3]
 
-Data: a synthetic sample (segkit.sample.make_sample) of 512x512 JPEGs with their label PNGs,
+Data: a synthetic sample (segkit.data.sample.make_sample) of 512x512 JPEGs with their label PNGs,
 in a temporary folder. Each variant produces what one training sample is (PackSegInputs'
 output) at 512x512 crops; it runs in this one process with one OpenCV and one torch thread, as
 a DataLoader worker under mmengine does, so images/s here is images/s per worker.
@@ -13,8 +13,8 @@ a DataLoader worker under mmengine does, so images/s here is images/s per worker
   PNG files) with the stock transforms LoadImageFromFile, LoadAnnotations, RandomResize
   (0.5-2.0), RandomCrop (cat_max_ratio 0.75), RandomFlip, [PhotoMetricDistortion],
   PackSegInputs: every sample decodes its JPEG and PNG.
-- segkit: the train dataset of `segkit.train.build_config` (CocoSegDataset, its pipeline).
-- segkit + cache: the same dataset with `segkit.data_cache.cached_pipeline`: images and labels
+- segkit: the train dataset of `segkit.train.training.build_config` (CocoSegDataset, its pipeline).
+- segkit + cache: the same dataset with `segkit.train.data_cache.cached_pipeline`: images and labels
   decoded once into a memory-mapped cache at the training size (`build_cache`, timed apart),
   `FastRandomCrop` for the crop; the random transforms are otherwise the same.
 
@@ -57,7 +57,7 @@ def stock_pipeline(size: int, augment) -> list[dict]:
 
 def segkit_dataset_cfg(data: Path, size: int, augment, work_dir: Path) -> dict:
     """segkit's train dataset config, through its public config builder (adapt here only)."""
-    from segkit.train import build_config
+    from segkit.train.training import build_config
 
     cfg = build_config(data_root=str(data), fold=None, train_file=str(data / "train_all.json"),
                        val_file=str(data / "val.json"), model="efficientnet_lite0",
@@ -137,8 +137,8 @@ def main() -> None:
         from mmengine.registry import init_default_scope
         from mmseg.registry import DATASETS
 
-        from segkit.data_cache import build_cache, cached_pipeline
-        from segkit.sample import make_sample
+        from segkit.data.sample import make_sample
+        from segkit.train.data_cache import build_cache, cached_pipeline
 
         init_default_scope("mmseg")
         start = time.perf_counter()

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.submission import read_submission, write_submission
+from segkit.submission.files import write_submission
+from segkit.submission.reader import read_submission
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_submission import file_names, synthetic_label_maps  # noqa: E402
@@ -78,7 +79,7 @@ def loop_vote(csv_paths: list[Path], out_path: Path, images: int) -> None:
 
 CHILD = """
 import json, resource, sys, time, tracemalloc
-from segkit.vote import hard_vote
+from segkit.submission.vote import hard_vote
 paths, out = sys.argv[1:-1], sys.argv[-1]
 tracemalloc.start()
 start = time.perf_counter()

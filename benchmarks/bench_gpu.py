@@ -8,12 +8,12 @@ exits 0):
 
 For SegFormer-B0 (batch 16) and UperNet-ConvNeXt-T (batch 8) at 512x512, fp16, random init:
 
-- segkit: `segkit.train.run` on a synthetic sample of 512x512 JPEGs (segkit.sample.make_sample),
+- segkit: `segkit.train.training.run` on a synthetic sample of 512x512 JPEGs (segkit.data.sample.make_sample),
   8 DataLoader workers, amp=True; seconds per iteration are the median of the runner's own
   iteration timer (IterTimerHook: data wait, forward, backward, step, hooks) after warm-up, with
   its data-wait share. The last iterations run under torch.profiler: the top operators by GPU
   and by CPU time show where the time beyond the model goes.
-- model-only: the same model (MODELS.build of the config segkit.train.build_config makes), a
+- model-only: the same model (MODELS.build of the config segkit.train.training.build_config makes), a
   few real batches preprocessed once and kept on the GPU, fp16 autocast with a GradScaler and
   fused AdamW (the same lr and weight decay), synchronised only at the end; once as segkit's
   config has it and once with cudnn.benchmark and channels_last.
@@ -50,22 +50,22 @@ MODELS = (("segformer_b0", 16), ("upernet_convnext_t", 8))
 # ---------------------------------------------------------------------------------------------
 
 def segkit_train(params: dict):
-    from segkit.train import run
+    from segkit.train.training import run
 
     return run(**params)
 
 
 def segkit_config(params: dict) -> dict:
-    from segkit.train import build_config
+    from segkit.train.training import build_config
 
     return build_config(**params)
 
 
 def segkit_predict_api():
     """(load_model, predict_dataset, load_coco)."""
-    from segkit.coco import load_coco
-    from segkit.inference import load_model
-    from segkit.predict import predict_dataset
+    from segkit.coco.files import load_coco
+    from segkit.predict.inference import load_model
+    from segkit.predict.writing import predict_dataset
 
     return load_model, predict_dataset, load_coco
 
@@ -214,7 +214,10 @@ def segkit_inference(run_dir: Path, data: Path, out: Path, batch: int, flips: tu
     load_model, predict_dataset, load_coco = segkit_predict_api()
     model = load_model(run_dir, checkpoint="last", device=device)
     coco = load_coco(data / "test.json")
-    kwargs = dict(split="test", flips=flips, amp=amp, batch_size=batch, progress=False)
+    from segkit.predict import PredictOptions
+
+    kwargs = dict(options=PredictOptions(flips=flips, amp=amp), split="test", batch_size=batch,
+                  progress=False)
     predict_dataset(model, coco, data, out / "warmup", **kwargs)
     reset_memory(device)
     sync(device)
@@ -354,7 +357,7 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     tmp = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
     os.environ["SEGKIT_OUTPUTS"] = str(tmp / "outputs")  # label caches, runs, predictions
-    from segkit.sample import make_sample
+    from segkit.data.sample import make_sample
 
     start = time.perf_counter()
     data = make_sample(tmp / "sample", n_train=args.images, n_test=args.test_images,

@@ -1,4 +1,4 @@
-"""Time near-duplicate detection (segkit.near_duplicates) on N synthetic 512x512 JPEGs.
+"""Time near-duplicate detection (segkit.data.near_duplicates) on N synthetic 512x512 JPEGs.
 
 Run from the repository root:
 
@@ -81,8 +81,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_near_duplicates_"))
     os.environ["SEGKIT_OUTPUTS"] = str(work / "outputs")  # a cold cache
-    from segkit.coco import Coco
-    from segkit.near_duplicates import DEFAULT_THRESHOLD, find_pairs, hash_images
+    from segkit.coco.files import Coco
+    from segkit.data.near_duplicates import DEFAULT_THRESHOLD, find_pairs, hash_images
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     try:

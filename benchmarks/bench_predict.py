@@ -26,11 +26,11 @@ def main() -> None:
 
     import torch
 
-    from segkit import compat
-    from segkit.coco import load_coco, read_image
-    from segkit.inference import predict_probs
-    from segkit.models import model_config
-    from segkit.sample import make_sample
+    from segkit.coco.files import load_coco, read_image
+    from segkit.data.sample import make_sample
+    from segkit.predict.inference import predict_probs
+    from segkit.train import compat
+    from segkit.train.models import model_config
 
     compat.apply()
     from mmengine.registry import init_default_scope

@@ -1,4 +1,4 @@
-"""Rasterising COCO annotations to label maps: segkit.coco against pycocotools' annToMask loop.
+"""Rasterising COCO annotations to label maps: segkit.coco.files against pycocotools' annToMask loop.
 
 Run from the repository root:
 
@@ -43,8 +43,8 @@ def plain_label_maps(ann_file: Path, mapping: dict[int, int]) -> dict[int, np.nd
 
 
 def segkit_pass(ann_file: Path, cache_root: Path, read: bool):
-    from segkit.classes import ClassTable
-    from segkit.coco import cached_label_maps, load_coco, read_label
+    from segkit.coco.files import cached_label_maps, load_coco, read_label
+    from segkit.core.classes import ClassTable
 
     coco = load_coco(ann_file)
     classes = ClassTable.for_coco(coco.categories)
@@ -67,8 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     ann_file = Path(args.data_root) / args.ann_file
 
-    from segkit.classes import ClassTable
-    from segkit.coco import load_coco, read_label
+    from segkit.coco.files import load_coco, read_label
+    from segkit.core.classes import ClassTable
 
     coco = load_coco(ann_file)
     classes = ClassTable.for_coco(coco.categories)

@@ -34,7 +34,7 @@ def plain_pixel_counts(coco, classes):
     first, count."""
     from pycocotools import mask as mask_utils
 
-    from segkit.coco import _compressed_rle
+    from segkit.coco.files import _compressed_rle
 
     mapping = classes.category_to_index(coco.categories)
     totals = np.zeros(len(classes), np.int64)
@@ -53,7 +53,7 @@ def plain_pixel_counts(coco, classes):
 
 def reencode_only(coco, data_root, n, folder):
     """The floor of copy-paste: read n target images and write them back as JPEG."""
-    from segkit.coco import read_image
+    from segkit.coco.files import read_image
 
     folder.mkdir(parents=True, exist_ok=True)
     for j in range(n):
@@ -76,9 +76,11 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="segkit-bench-"))
     os.environ["SEGKIT_OUTPUTS"] = str(scratch)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # pycocotools on numpy 2
-    from segkit import copy_paste, eda, split
-    from segkit.classes import ClassTable
-    from segkit.coco import load_coco
+    from segkit.coco import pixel_counts
+    from segkit.coco.files import load_coco
+    from segkit.core.classes import ClassTable
+    from segkit.data import copy_paste, eda
+    from segkit.folds import check_fold_files, split, write_folds
 
     root = Path(args.data_root)
     rows = []
@@ -90,17 +92,17 @@ def main() -> None:
 
         plain, t = timed(plain_pixel_counts, coco, classes)
         rows.append(("pixel counts, plain (pycocotools decode + paint per image)", t, ""))
-        pixels, t = timed(eda.pixel_counts, coco, classes, cache=True)
+        pixels, t = timed(pixel_counts, coco, classes, cache=True)
         rows.append(("pixel counts, label cache cold (rasterise + write PNGs)", t, ""))
-        pixels, t = timed(eda.pixel_counts, coco, classes, cache=True)
+        pixels, t = timed(pixel_counts, coco, classes, cache=True)
         rows.append(("pixel counts, label cache warm (read PNGs)", t, ""))
-        rle, t = timed(eda.pixel_counts, coco, classes, cache=False)
+        rle, t = timed(pixel_counts, coco, classes, cache=False)
         rows.append(("pixel counts on RLE, no maps (`cache=False`)", t, ""))
         assert (pixels.sum().to_numpy() == plain).all() and rle.equals(pixels)
 
         for by in split.STRATIFY_BY:
             folds, t_make = timed(split.make_folds, coco, classes, 5, 42, by, pixels)
-            written, t_write = timed(split.write_folds, coco, folds, scratch / "splits" / by)
+            written, t_write = timed(write_folds, coco, folds, scratch / "splits" / by)
             report = split.fold_report(coco, classes, folds, pixels)
             worst = split.worst_deviation(report)
             rows.append((f"split by {by}: 5 folds (StratifiedGroupKFold)", t_make,
@@ -108,12 +110,12 @@ def main() -> None:
                          f"{worst['worst_annotation_deviation'].mean():.4f}, pixels "
                          f"{worst['worst_pixel_deviation'].mean():.4f}"))
             rows.append((f"split by {by}: write 10 fold files + folds.csv", t_write, ""))
-        _, t = timed(split.check_fold_files, scratch / "splits" / "annotations", coco)
+        _, t = timed(check_fold_files, scratch / "splits" / "annotations", coco)
         rows.append(("check_fold_files (reads the 10 files back)", t, ""))
 
         train = load_coco(scratch / "splits" / "annotations" / "fold0_train.json")
         names = args.classes or list(
-            eda.class_summary(eda.object_sizes(train, classes), eda.pixel_counts(train, classes),
+            eda.class_summary(eda.object_sizes(train, classes), pixel_counts(train, classes),
                               classes).drop(index=classes.names[0])
             .sort_values("pixels").index[:2])
         per_class = {name: args.images // len(names) for name in names}

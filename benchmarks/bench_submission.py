@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.submission import read_submission, write_submission
+from segkit.submission.files import write_submission
+from segkit.submission.reader import read_submission
 
 SIZE = (256, 256)
 

@@ -4,7 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/bench_train.py [--model segformer_b0] [--iters 60] [--repeats 2]
 
-Same model (built with MODELS.build from the config segkit.train.build_config makes), same
+Same model (built with MODELS.build from the config segkit.train.training.build_config makes), same
 data (a generated 128x128 sample, the same CocoSegDataset and pipeline), same batch size and
 optimizer (AdamW, same lr and weight decay), CPU. segkit's figure is its Runner's own iteration
 timer (IterTimerHook: data loading, forward, backward, step and every hook), the median over
@@ -32,7 +32,7 @@ import torch
 
 
 def sample_and_params(root: Path, args) -> dict:
-    from segkit.sample import make_sample
+    from segkit.data.sample import make_sample
 
     data = make_sample(root / "sample", n_train=40, n_test=2, size=128, seed=0)
     return dict(data_root=str(data), fold=None, train_file=str(data / "train.json"),
@@ -43,10 +43,10 @@ def sample_and_params(root: Path, args) -> dict:
 
 
 def segkit_run(params: dict, work_dir: Path, amp: bool, warmup: int) -> dict:
-    """Seconds per iteration of segkit.train.run, from the runner's own per-iteration timer."""
+    """Seconds per iteration of segkit.train.training.run, from the runner's own per-iteration timer."""
     from mmengine.logging import MessageHub
 
-    from segkit.train import run
+    from segkit.train.training import run
 
     start = time.perf_counter()
     run(**params, amp=amp, work_dir=str(work_dir))
@@ -69,7 +69,7 @@ def bare_loop(params: dict, amp: bool, warmup: int, preload: bool, fused: bool =
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS, MODELS
 
-    from segkit.train import build_config
+    from segkit.train.training import build_config
 
     init_default_scope("mmseg")
     cfg = build_config(**params, work_dir=tempfile.mkdtemp())

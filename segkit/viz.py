@@ -5,7 +5,7 @@ display what they get, scripts save it (`fig.savefig(...)`). Importing this modu
 choose a matplotlib backend; headless runs (papermill, pytest) pick Agg by themselves.
 
 Example:
-    >>> from segkit.classes import TRASH
+    >>> from segkit.core.classes import TRASH
     >>> import numpy as np
     >>> image = np.zeros((4, 4, 3), np.uint8); label = np.full((4, 4), 9, np.uint8)
     >>> overlay(image, label, TRASH, alpha=1.0)[0, 0].tolist()
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.classes import IGNORE_INDEX, ClassTable
-from segkit.errors import ParameterError
+from segkit.coco.files import Coco, load_coco, read_image
+from segkit.core.classes import IGNORE_INDEX, ClassTable
+from segkit.core.errors import ParameterError
+from segkit.data.copy_paste import CopyPasteResult
 
 
 def overlay(image: np.ndarray, label: np.ndarray, classes: ClassTable, alpha: float = 0.5
@@ -32,7 +34,7 @@ def overlay(image: np.ndarray, label: np.ndarray, classes: ClassTable, alpha: fl
     are. `alpha` is the weight of the palette colour (0 = image only, 1 = colours only).
 
     Example:
-        >>> overlay(image, label, TRASH, alpha=0.4)          # doctest: +SKIP
+        overlay(image, label, TRASH, alpha=0.4)
     """
     image = np.asarray(image)
     label = np.asarray(label)
@@ -54,7 +56,7 @@ def legend_handles(classes: ClassTable, present: Sequence[int] | None = None) ->
     """matplotlib patches, one per class (or per index in `present`), in the palette colours.
 
     Example:
-        >>> ax.legend(handles=legend_handles(TRASH, present=[0, 9]))   # doctest: +SKIP
+        ax.legend(handles=legend_handles(TRASH, present=[0, 9]))
     """
     from matplotlib.patches import Patch
 
@@ -78,8 +80,7 @@ def show_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None
     `titles` name the columns (shown over the first row), `row_titles` label each row.
 
     Example:
-        >>> fig = show_grid([[img, overlay(img, lab, TRASH)]], titles=["image", "truth"])
-        ...                                                   # doctest: +SKIP
+        fig = show_grid([[img, overlay(img, lab, TRASH)]], titles=["image", "truth"])
     """
     import matplotlib.pyplot as plt
 
@@ -118,10 +119,9 @@ def show_samples(data_root: str | os.PathLike, coco, classes: ClassTable,
     present in what is shown.
 
     Example:
-        >>> fig = show_samples(root, coco, TRASH, [0, 5], predictions={0: pred0, 5: pred5})
-        ...                                                   # doctest: +SKIP
+        fig = show_samples(root, coco, TRASH, [0, 5], predictions={0: pred0, 5: pred5})
     """
-    from segkit.coco import label_map, read_image
+    from segkit.coco.files import label_map, read_image
 
     if not image_ids:
         raise ParameterError("show_samples needs at least one image id")
@@ -156,9 +156,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Save a figure as PNG atomically (tight bounding box); returns the path.
 
     Example:
-        >>> save_figure(show_grid([[img]]), "outputs/eda/grid.png")      # doctest: +SKIP
+        save_figure(show_grid([[img]]), "outputs/eda/grid.png")
     """
-    from segkit.paths import atomic_path
+    from segkit.core.paths import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -172,7 +172,7 @@ def plot_confusion(cm: np.ndarray, classes: ClassTable, normalize: bool = True, 
     With `normalize`, each row is divided by its sum (rows with no truth pixels stay 0).
 
     Example:
-        >>> ax = plot_confusion(ConfusionMatrix(11).matrix, TRASH)     # doctest: +SKIP
+        ax = plot_confusion(ConfusionMatrix(11).matrix, TRASH)
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -200,7 +200,7 @@ def plot_curves(df, x: str, ys: Sequence[str], ax=None, title: str | None = None
     (training logs hold validation values only every few iterations).
 
     Example:
-        >>> plot_curves(log, "iter", ["loss", "mIoU"], title="fold 0")   # doctest: +SKIP
+        plot_curves(log, "iter", ["loss", "mIoU"], title="fold 0")
     """
     import matplotlib.pyplot as plt
 
@@ -225,8 +225,7 @@ def plot_class_bars(df, ax=None):
     """Grouped bars: one group per row (class), one bar per column (e.g. runs or folds).
 
     Example:
-        >>> plot_class_bars(pd.DataFrame({"fold 0": iou0, "fold 1": iou1}, index=TRASH.names))
-        ...                                                   # doctest: +SKIP
+        plot_class_bars(pd.DataFrame({"fold 0": iou0, "fold 1": iou1}, index=TRASH.names))
     """
     import matplotlib.pyplot as plt
 
@@ -246,10 +245,10 @@ def show_disagreement(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], classe
                       names: Sequence[str]):
     """One row per image: the image, each model's label map over it, and the per-pixel
     disagreement (share of models differing from their vote). `rows` are (title, RGB image,
-    label maps (M, H, W)), as `segkit.ensemble.disagreement_examples` returns them."""
+    label maps (M, H, W)), as `segkit.predict.ensemble.disagreement_examples` returns them."""
     import matplotlib.pyplot as plt
 
-    from segkit.vote import disagreement
+    from segkit.submission.vote import disagreement
 
     if not rows:
         raise ParameterError("show_disagreement needs at least one image")
@@ -282,9 +281,9 @@ def show_copy_paste(train: Coco, data_root: str | os.PathLike, result: CopyPaste
     (image, labels); the legend lists the classes shown.
 
     Example:
-        >>> show_copy_paste(train, "data", result, n=4)                         # doctest: +SKIP
+        show_copy_paste(train, "data", result, n=4)
     """
-    from segkit.coco import label_map
+    from segkit.coco.files import label_map
     from segkit.viz import legend_handles, overlay, show_grid
 
     if n < 1:
@@ -307,3 +306,33 @@ def show_copy_paste(train: Coco, data_root: str | os.PathLike, result: CopyPaste
                ncol=min(6, len(present)), frameon=False)
     fig.subplots_adjust(bottom=0.1)
     return fig
+
+
+def plot_leaderboard(table, ax=None):
+    """Public leaderboard score against the local score (OOF or validation) of each
+    submission (segkit.submission.leaderboard_table), named by its note or file, with the
+    diagonal where both agree.
+
+    Example:
+        >>> import pandas as pd
+        >>> table = pd.DataFrame({"local": [0.70, 0.72], "leaderboard": [0.69, 0.73],
+        ...                       "note": ["fold 0", ""], "submission": ["a.csv", "b.csv"]})
+        >>> plot_leaderboard(table).get_xlabel()
+        'local score (OOF or validation mIoU)'
+    """
+    import matplotlib.pyplot as plt
+
+    if len(table) == 0:
+        raise ParameterError("no leaderboard scores to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(table["local"], table["leaderboard"])
+    for local, score, note, submission in zip(table["local"], table["leaderboard"],
+                                              table["note"], table["submission"]):
+        ax.annotate(note or Path(submission).name, (local, score), fontsize=8)
+    low = float(min(table["local"].min(), table["leaderboard"].min()))
+    high = float(max(table["local"].max(), table["leaderboard"].max()))
+    ax.plot([low, high], [low, high], "--", color="grey")
+    ax.set_xlabel("local score (OOF or validation mIoU)")
+    ax.set_ylabel("public leaderboard mIoU")
+    return ax

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segkit.sample import make_sample
+from segkit.data.sample import make_sample
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +51,7 @@ def run_notebook(notebook: str, tmp_path: Path, **parameters):
     notebook as a dict (cells with outputs) for assertions."""
     import nbformat
 
-    from segkit.pipeline import run_notebook as _run
+    from segkit.flow.notebook import run_notebook as _run
 
     out = _run(notebook, tmp_path / f"{notebook}.executed.ipynb", parameters)
     return nbformat.read(str(out), as_version=4)
@@ -83,7 +83,7 @@ def tiny_train_params(sample_root: Path, **overrides) -> dict:
 @pytest.fixture(scope="session")
 def trained_run(sample_root, tmp_path_factory):
     """One short real training run shared by the training, prediction and ensemble tests."""
-    from segkit.train import run
+    from segkit.train.training import run
 
     work_dir = tmp_path_factory.mktemp("runs") / "lite0"
     return run(**tiny_train_params(sample_root, iters=150, val_interval=50,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from segkit.classes import TRASH, ClassTable
-from segkit.errors import CocoError, ParameterError
+from segkit.core.classes import TRASH, ClassTable
+from segkit.core.errors import CocoError, ParameterError
 
 
 def test_trash_table_matches_reference():

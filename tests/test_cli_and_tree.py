@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from segkit.__main__ import build_parser, main
-from segkit.paths import PROJECT_ROOT
-from segkit.train_parameters import TRAINING_PARAMETERS
+from segkit.core.paths import PROJECT_ROOT
+from segkit.flow.cli import build_parser, main
+from segkit.recipe.parameters import TRAINING_PARAMETERS
 
 
 def test_version_and_usage_name(capsys):
@@ -80,7 +80,7 @@ def test_committed_notebooks_are_what_the_filter_writes():
 def test_ensemble_refuses_to_write_over_one_of_its_inputs(tmp_path, capsys):
     import numpy as np
 
-    from segkit.submission import write_submission
+    from segkit.submission.files import write_submission
 
     inputs = []
     for k in range(2):
@@ -97,7 +97,7 @@ def test_ensemble_refuses_to_write_over_one_of_its_inputs(tmp_path, capsys):
 def test_every_path_parameter_of_every_notebook_means_the_callers_folder():
     """A path a user types is made absolute before the kernel (which runs in notebooks/) sees
     it; the rest are file names relative to data_root, by design."""
-    from segkit.notebook import NOTEBOOKS_DIR, PATH_PARAMETERS, notebook_parameters
+    from segkit.flow.notebook import NOTEBOOKS_DIR, PATH_PARAMETERS, notebook_parameters
 
     relative_to_data_root = {"annotation_file", "test_file", "holdout_file"}
     for path in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")):
@@ -108,7 +108,7 @@ def test_every_path_parameter_of_every_notebook_means_the_callers_folder():
 
 
 def test_a_pipeline_runs_its_notebooks_in_the_kernel_asked_for(monkeypatch, tmp_path):
-    import segkit.pipeline as pipeline
+    import segkit.flow.pipeline as pipeline
 
     seen = []
     monkeypatch.setattr(pipeline, "run_notebook",

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-import segkit.coco as coco_mod
-from segkit.__main__ import main
-from segkit.classes import TRASH, ClassTable
-from segkit.coco import (
+import segkit.coco.files as coco_mod
+from segkit.coco.checks import validate
+from segkit.coco.files import (
     cached_label_maps,
     check_coco,
     check_image_files,
@@ -21,10 +20,11 @@ from segkit.coco import (
     rasterize,
     read_image,
     subset,
-    validate,
     write_coco,
 )
-from segkit.errors import CocoError
+from segkit.core.classes import TRASH, ClassTable
+from segkit.core.errors import CocoError
+from segkit.flow.cli import main
 from tests.conftest import write_json
 
 

@@ -1,4 +1,4 @@
-"""One test per workaround in segkit.compat, each showing the problem it works around."""
+"""One test per workaround in segkit.train.compat, each showing the problem it works around."""
 
 import importlib.machinery
 import importlib.util
@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from segkit import compat
-from segkit.models import model_config
+from segkit.train import compat
+from segkit.train.models import model_config
 
 compat.apply()
 

@@ -1,4 +1,4 @@
-"""segkit.copy_paste: pasted instances, cut labels, determinism, bad input."""
+"""segkit.data.copy_paste: pasted instances, cut labels, determinism, bad input."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from segkit import copy_paste as cp
-from segkit.__main__ import main
-from segkit.classes import TRASH
-from segkit.coco import label_map, load_coco, rasterize, read_image, write_coco
-from segkit.errors import ParameterError
-from segkit.visible_masks import visible_mask
+from segkit.coco.files import label_map, load_coco, rasterize, read_image, write_coco
+from segkit.core.classes import TRASH
+from segkit.core.errors import ParameterError
+from segkit.data import copy_paste as cp
+from segkit.data import owner_map, visible_areas
+from segkit.data.visible_masks import visible_mask
+from segkit.flow.cli import main
+from segkit.viz import show_copy_paste
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -188,7 +190,7 @@ def test_class_without_instances_is_named_with_the_allowed(tmp_path):
 def test_missing_source_image_leaves_nothing_behind(tmp_path):
     scene = tiny_scene(tmp_path / "data")
     (tmp_path / "data" / "source.png").unlink()
-    from segkit.errors import CocoError
+    from segkit.core.errors import CocoError
 
     with pytest.raises(CocoError, match="source.png: image file missing"):
         cp.copy_paste(load_coco(scene), tmp_path / "data", classes=["Clothing"],
@@ -216,29 +218,29 @@ def test_cli_copy_paste(sample_root, tmp_path, capsys):
     assert "unknown class 'Sock'" in capsys.readouterr().err
 
 
-def test_preview_shows_target_and_result(generated, train, sample_root):
-    fig = cp.preview(train, sample_root, generated, n=2)
+def test_show_copy_paste_shows_target_and_result(generated, train, sample_root):
+    fig = show_copy_paste(train, sample_root, generated, n=2)
     assert len(fig.axes) == 8
     assert [ax.get_title() for ax in fig.axes[:4]] == ["target", "target labels", "pasted",
                                                        "pasted labels"]
     names = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "Battery" in names
     with pytest.raises(ParameterError, match="n must be at least 1"):
-        cp.preview(train, sample_root, generated, n=0)
+        show_copy_paste(train, sample_root, generated, n=0)
 
 
 def test_visible_parts_agree_with_the_label_map(train):
     for image in train.images[:8]:
         anns = train.annotations_by_image[image["id"]]
         h, w = image["height"], image["width"]
-        owner, masks = cp.owner_map(anns, h, w)
+        owner, masks = owner_map(anns, h, w)
         assert masks.shape == (h, w, len(anns))
         label = label_map(train, image, TRASH)
         painted = np.zeros((h, w), np.uint8)
         for k, ann in enumerate(anns):
             painted[owner == k] = ann["category_id"]  # trash ids equal indices
         np.testing.assert_array_equal(painted, label)
-        areas = cp.visible_areas(anns, h, w)
+        areas = visible_areas(anns, h, w)
         for k in range(len(anns)):
             assert areas[k] == (owner == k).sum()
             np.testing.assert_array_equal(visible_mask(anns, k, h, w), owner == k)
@@ -252,7 +254,7 @@ def test_owner_map_with_more_than_255_annotations():
         bw, bh = rng.integers(1, 5, 2)
         anns.append({"segmentation": [[int(x), int(y), int(x + bw), int(y), int(x + bw),
                                        int(y + bh), int(x), int(y + bh)]]})
-    owner, masks = cp.owner_map(anns, 40, 40)
+    owner, masks = owner_map(anns, 40, 40)
     expected = np.full((40, 40), -1)
     areas = masks.reshape(-1, 300).sum(0)
     for k in np.argsort(-areas, kind="stable"):  # paint largest first

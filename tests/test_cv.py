@@ -9,18 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from segkit.__main__ import main
-from segkit.errors import ParameterError, SegkitError
-from segkit.executors import (
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.paths import outputs_dir
+from segkit.flow.cli import main
+from segkit.flow.executors import (
     NotebookJob,
     check_executor_options,
     resume_parameters,
     slurm_parameters,
     training_run_dir,
 )
-from segkit.paths import outputs_dir
-from segkit.pipeline import NOTEBOOKS_DIR, fill_template, plan_pipeline
-from segkit.train_parameters import check_training_parameters
+from segkit.flow.notebook import NOTEBOOKS_DIR
+from segkit.flow.pipeline import fill_template, plan_pipeline
+from segkit.predict.options import PredictOptions
+from segkit.recipe.parameters import check_training_parameters
 from tests.conftest import notebook_text
 
 CV_SPEC = NOTEBOOKS_DIR / "cv.yaml"
@@ -80,7 +82,7 @@ steps:
 def test_plan_refuses_bad_sweeps_and_unknown_keys(tmp_path, text, message):
     spec = _spec(tmp_path, text)
     if message is None:  # executor options are checked when the pipeline runs
-        from segkit.pipeline import run_pipeline
+        from segkit.flow.pipeline import run_pipeline
 
         with pytest.raises(ParameterError, match="partition=3"):
             run_pipeline(spec, progress=False)
@@ -126,7 +128,7 @@ def test_resume_only_a_run_of_the_same_parameters(tmp_path):
 
 
 def test_leaderboard_scores_beside_submissions(tmp_path, capsys):
-    from segkit.leaderboard import leaderboard_table, read_scores, write_local_score
+    from segkit.submission.leaderboard import leaderboard_table, read_scores, write_local_score
 
     csv = tmp_path / "sub.csv"
     csv.write_text("image_id,PredictionString\na.jpg,0 0\n")
@@ -162,8 +164,8 @@ def _fake_run(name: str, val_file: Path, data_root: Path) -> Path:
 
 
 def test_oof_refuses_overlapping_folds_and_different_split_files(sample_root, tmp_path, capsys):
-    from segkit.cv import check_folds, recipe_name, recipes
-    from segkit.split import split_file
+    from segkit.folds.split import split_file
+    from segkit.predict.cv import check_folds, recipe_name, recipes
 
     split_file(sample_root / "train_all.json", tmp_path / "a", n_splits=3)
     split_file(sample_root / "train_all.json", tmp_path / "b", n_splits=3)
@@ -195,9 +197,9 @@ def test_cv_spec_with_the_local_executor_and_a_killed_fold(sample_root, tmp_path
     checkpoint vote of fold 1's kept checkpoints."""
     import submitit
 
-    from segkit.cv import ensemble_inputs
-    from segkit.pipeline import _plan, load_spec, run_pipeline
-    from segkit.runs import Run
+    from segkit.flow.pipeline import _plan, load_spec, run_pipeline
+    from segkit.predict.ensemble_inputs import ensemble_inputs
+    from segkit.results.runs import Run
 
     overrides = {"data_root": str(sample_root), "image_size": 96, "crop_size": 64,
                  "iters": 30, "val_interval": 10, "keep_checkpoints": 2}
@@ -244,8 +246,8 @@ def test_cv_spec_with_the_local_executor_and_a_killed_fold(sample_root, tmp_path
     assert f"OOF mIoU: {score['OOF mIoU']:.4f}" in out and "+-" in out
     assert main(["oof", "cv_lite0_fold0", "cv_lite0_fold0"]) == 2
 
-    members = ensemble_inputs([fold1], sample_root / "test.json", sample_root, [20, 30],
-                              flips=())
+    members = ensemble_inputs([fold1], sample_root / "test.json", sample_root,
+                              PredictOptions(checkpoints=[20, 30]))
     assert members.names == ["cv_lite0_fold1@20", "cv_lite0_fold1@30"]
     used = members.submit(tmp_path / "ckpt.csv", "soft", test_json=sample_root / "test.json")
     assert used == [1.0, 1.0] and (tmp_path / "ckpt.csv").exists()

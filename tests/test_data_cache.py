@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.classes import ClassTable
-from segkit.coco import cached_label_maps, load_coco, read_label
-from segkit.data_cache import (
+from segkit.coco.files import cached_label_maps, load_coco, read_label
+from segkit.core.classes import ClassTable
+from segkit.train.data_cache import (
     FastPhotoMetricDistortion,
     ImageCache,
     LoadCachedImageAndLabel,

@@ -15,7 +15,7 @@ from tests.conftest import tiny_train_params
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
 def test_torchrun_trains_one_run_over_two_processes(sample_root, tmp_path):
-    from segkit.paths import outputs_dir
+    from segkit.core.paths import outputs_dir
 
     params = tiny_train_params(sample_root, iters=4, val_interval=4, batch_size=2,
                                weights="none", work_dir=str(tmp_path / "ddp"))

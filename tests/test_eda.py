@@ -1,4 +1,4 @@
-"""segkit.eda: per-class tables computed from annotations and label maps."""
+"""segkit.data.eda: per-class tables computed from annotations and label maps."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import eda
-from segkit.classes import TRASH, ClassTable
-from segkit.coco import Coco, cached_label_maps, load_coco, read_label
-from segkit.errors import CocoError, ParameterError
+from segkit.coco import pixel_counts
+from segkit.coco.files import Coco, cached_label_maps, load_coco, read_label
+from segkit.coco.pixels import _class_counts
+from segkit.core import write_table
+from segkit.core.classes import TRASH, ClassTable
+from segkit.core.errors import CocoError, ParameterError
+from segkit.data import eda
 from tests.conftest import write_json
 
 
@@ -35,7 +38,7 @@ def test_size_buckets_follow_coco_thresholds():
 
 def test_pixel_counts_agree_with_label_maps(tiny_coco, tmp_path):
     coco = load_coco(write_json(tmp_path / "t.json", tiny_coco))
-    pixels = eda.pixel_counts(coco, TRASH)
+    pixels = pixel_counts(coco, TRASH)
     assert pixels.index.tolist() == [1, 2]
     assert list(pixels.columns) == list(TRASH.names)
     # image 1: trash everywhere but the 3x3 battery painted over it
@@ -46,8 +49,8 @@ def test_pixel_counts_agree_with_label_maps(tiny_coco, tmp_path):
 
 def test_uncached_counts_equal_cached_counts(sample_root):
     coco = load_coco(sample_root / "train_all.json")
-    cached = eda.pixel_counts(coco, TRASH, cache=True)
-    direct = eda.pixel_counts(coco, TRASH, cache=False)
+    cached = pixel_counts(coco, TRASH, cache=True)
+    direct = pixel_counts(coco, TRASH, cache=False)
     pd.testing.assert_frame_equal(cached, direct)
     paths = cached_label_maps(coco, TRASH)
     first = coco.images[0]["id"]
@@ -59,14 +62,14 @@ def test_box_counting_handles_polygons_away_from_the_origin():
     # a 4x4 square far from the corner of a big image, and a small one on top of it
     big = [[100, 200, 104, 200, 104, 204, 100, 204]]
     small = [[101, 201, 103, 201, 103, 203, 101, 203]]
-    counts = eda._class_counts([big, small], [2, 9], 1000, 800, 11)
+    counts = _class_counts([big, small], [2, 9], 1000, 800, 11)
     assert counts[9] == 4 and counts[2] == 12 and counts.sum() == 800 * 1000
 
 
 def test_class_summary_counts_annotations_images_and_pixels(sample_root):
     coco = load_coco(sample_root / "train_all.json")
     sizes = eda.object_sizes(coco, TRASH)
-    pixels = eda.pixel_counts(coco, TRASH)
+    pixels = pixel_counts(coco, TRASH)
     summary = eda.class_summary(sizes, pixels, TRASH)
     assert summary.index.tolist() == list(TRASH.names)
     assert summary["annotations"].sum() == len(coco.annotations)
@@ -129,7 +132,7 @@ def test_statistics_need_no_image_files(tiny_coco, tmp_path):
     assert eda.available_images(coco, None) == []
     (tmp_path / "b.jpg").write_bytes(b"x")
     assert eda.available_images(coco, tmp_path) == [2]
-    assert eda.pixel_counts(coco, TRASH, cache=False).values.sum() == 96
+    assert pixel_counts(coco, TRASH, cache=False).values.sum() == 96
 
 
 def test_file_categories_make_their_own_table(tmp_path):
@@ -140,7 +143,7 @@ def test_file_categories_make_their_own_table(tmp_path):
     coco = load_coco(write_json(tmp_path / "c.json", data))
     classes = ClassTable.for_coco(coco.categories)
     summary = eda.class_summary(eda.object_sizes(coco, classes),
-                                eda.pixel_counts(coco, classes, cache=False), classes)
+                                pixel_counts(coco, classes, cache=False), classes)
     assert summary.loc["Cigarette", "pixels"] == 4 and summary.loc["Background", "pixels"] == 12
 
 
@@ -159,8 +162,8 @@ def test_pick_examples_covers_rare_classes_first(sample_root):
 
 def test_write_table_is_byte_stable(tmp_path):
     df = pd.DataFrame({"a": [1.0 / 3, 2.0]}, index=pd.Index(["x", "y"], name="class"))
-    first = eda.write_table(df, tmp_path / "t.csv").read_bytes()
-    assert first == eda.write_table(df, tmp_path / "t.csv").read_bytes()
+    first = write_table(df, tmp_path / "t.csv").read_bytes()
+    assert first == write_table(df, tmp_path / "t.csv").read_bytes()
     assert first.decode().splitlines() == ["class,a", "x,0.333333", "y,2"]
     assert np.isclose(pd.read_csv(tmp_path / "t.csv", index_col=0).loc["x", "a"], 1 / 3,
                       atol=1e-6)
@@ -170,7 +173,7 @@ def test_write_table_is_byte_stable(tmp_path):
 def test_background_table_lists_the_most_background_images(tiny_coco, tmp_path):
     tiny_coco["images"].append({"id": 3, "file_name": "c.jpg", "width": 8, "height": 6})
     coco = load_coco(write_json(tmp_path / "t.json", tiny_coco))
-    pixels = eda.pixel_counts(coco, TRASH, cache=False)
+    pixels = pixel_counts(coco, TRASH, cache=False)
     table = eda.background_table(pixels, coco, top=2)
     assert table.index.tolist() == [3, 2]  # all background, then 42 of 48 pixels
     assert table.columns.tolist() == ["background_share", "file_name", "objects"]

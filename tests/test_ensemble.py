@@ -1,4 +1,4 @@
-"""segkit.ensemble: the vote rule (ties, permutations), hard vote over CSVs, soft vote over
+"""segkit.predict.ensemble: the vote rule (ties, permutations), hard vote over CSVs, soft vote over
 prediction folders, greedy selection and the disagreement map."""
 
 from __future__ import annotations
@@ -10,12 +10,19 @@ import re
 import numpy as np
 import pytest
 
-from segkit.__main__ import main
-from segkit.ensemble import greedy_selection, iter_soft_vote, soft_vote, write_ensemble_submission
-from segkit.errors import ParameterError, SegkitError, SubmissionError
-from segkit.predict import save_probs, write_prediction_meta
-from segkit.submission import HEADER, read_submission, write_submission
-from segkit.vote import disagreement, hard_vote, model_ranking, weighted_vote
+from segkit.core.errors import ParameterError, SegkitError, SubmissionError
+from segkit.flow.cli import main
+from segkit.predict.ensemble import (
+    greedy_selection,
+    iter_soft_vote,
+    soft_vote,
+    write_ensemble_submission,
+)
+from segkit.results.predictions import save_probs, write_prediction_meta
+from segkit.submission.codec import HEADER
+from segkit.submission.files import write_submission
+from segkit.submission.reader import read_submission
+from segkit.submission.vote import disagreement, hard_vote, model_ranking, weighted_vote
 
 SIZE = (8, 8)
 NAMES = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]

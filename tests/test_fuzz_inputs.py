@@ -30,10 +30,12 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from segkit.classes import TRASH, ClassTable
-from segkit.coco import check_coco, label_map, load_coco
-from segkit.errors import CocoError, SubmissionError
-from segkit.submission import HEADER, read_submission, validate_submission, write_submission
+from segkit.coco.files import check_coco, label_map, load_coco
+from segkit.core.classes import TRASH, ClassTable
+from segkit.core.errors import CocoError, SubmissionError
+from segkit.submission.codec import HEADER
+from segkit.submission.files import validate_submission, write_submission
+from segkit.submission.reader import read_submission
 
 SEED = 15
 SIZE = (8, 8)

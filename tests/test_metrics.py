@@ -1,6 +1,12 @@
 import numpy as np
 
-from segkit.metrics import ConfusionMatrix, confusion_matrix, miou, per_class_iou, per_image_miou
+from segkit.core.metrics import (
+    ConfusionMatrix,
+    confusion_matrix,
+    miou,
+    per_class_iou,
+    per_image_miou,
+)
 
 
 def test_confusion_matrix_rows_are_truth():

@@ -5,15 +5,15 @@ import re
 import pytest
 import torch
 
-from segkit.backbones import (
+from segkit.core.errors import ParameterError
+from segkit.train.backbones import (
     CONVNEXT_ARCHS,
     ConvNeXt,
     ConvNeXtBlock,
     EfficientNetLite0,
     lite0_weights_path,
 )
-from segkit.errors import ParameterError
-from segkit.models import CATALOGUE, mmseg_configs_dir, model_config, zoo_checkpoint
+from segkit.train.models import CATALOGUE, mmseg_configs_dir, model_config, zoo_checkpoint
 
 # CPU-sized entries (plus the ConvNeXt that segkit provides) run by default; the rest are
 # correct too but take minutes on two cores, so `make test-slow` runs them.

@@ -1,4 +1,4 @@
-"""segkit.near_duplicates: perceptual hashes, cache, pairs, clusters, the CLI."""
+"""segkit.data.near_duplicates: perceptual hashes, cache, pairs, clusters, the CLI."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import near_duplicates as nd
-from segkit.__main__ import main
-from segkit.coco import load_coco
-from segkit.errors import CocoError, ParameterError
+from segkit.coco.files import load_coco
+from segkit.core.errors import CocoError, ParameterError
+from segkit.data import near_duplicates as nd
+from segkit.flow.cli import main
 
 
 def picture(seed: int, size: int = 160) -> np.ndarray:

@@ -7,11 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from segkit import split
-from segkit.classes import TRASH
-from segkit.coco import label_map, load_coco
-from segkit.eda import pixel_counts
-from segkit.errors import SegkitError
+from segkit.coco.files import label_map, load_coco
+from segkit.coco.pixels import pixel_counts
+from segkit.core.classes import TRASH
+from segkit.core.errors import SegkitError
+from segkit.folds import available_folds, split, write_folds
 from tests.conftest import notebook_text, run_notebook
 
 
@@ -54,7 +54,7 @@ def test_02_split_writes_checked_folds_and_both_reports(sample_root, tmp_path):
     out = tmp_path / "splits"
     run_notebook("02_split", tmp_path, data_root=str(sample_root), output_dir=str(out),
                  n_splits=3, seed=7, stratify_by="pixels")
-    assert split.available_folds(out) == [0, 1, 2]
+    assert available_folds(out) == [0, 1, 2]
     check = pd.read_csv(out / "fold_check.csv")
     assert check["ok"].all() and check["val_images"].sum() == 24
     report = pd.read_csv(out / "fold_report.csv")
@@ -64,7 +64,7 @@ def test_02_split_writes_checked_folds_and_both_reports(sample_root, tmp_path):
     # the notebook wrote exactly what the library writes for the same inputs and seed
     coco = load_coco(sample_root / "train_all.json")
     folds = split.make_folds(coco, TRASH, 3, 7, "pixels", pixel_counts(coco, TRASH))
-    for path in split.write_folds(coco, folds, tmp_path / "again"):
+    for path in write_folds(coco, folds, tmp_path / "again"):
         assert path.read_bytes() == (out / path.name).read_bytes()
 
 
@@ -82,7 +82,7 @@ def test_03_copy_paste_generates_images_and_counts(sample_root, tmp_path, monkey
     coco = load_coco(sample_root / "train_all.json")
     splits = tmp_path / "splits"
     folds = split.make_folds(coco, TRASH, 3, 42)
-    split.write_folds(coco, folds, splits)
+    write_folds(coco, folds, splits)
     battery_image = next(a["image_id"] for a in coco.annotations if a["category_id"] == 9)
     fold = next(k for k in range(3) if folds[battery_image] != k)  # Battery in its training set
     run_notebook("03_copy_paste", tmp_path, data_root=str(sample_root), split_dir=str(splits),
@@ -107,7 +107,7 @@ def test_03_copy_paste_generates_images_and_counts(sample_root, tmp_path, monkey
 def test_03_copy_paste_unknown_fold_names_the_allowed(sample_root, tmp_path):
     splits = tmp_path / "splits"
     coco = load_coco(sample_root / "train_all.json")
-    split.write_folds(coco, split.make_folds(coco, TRASH, 3, 42), splits)
+    write_folds(coco, split.make_folds(coco, TRASH, 3, 42), splits)
     with pytest.raises(SegkitError, match="fold 5 is out of range; allowed: 0, 1, 2"):
         run_notebook("03_copy_paste", tmp_path, data_root=str(sample_root),
                      split_dir=str(splits), fold=5)
@@ -157,7 +157,7 @@ def test_02_split_group_by_and_near_duplicate_counts(sample_root, tmp_path):
     # the same split from the library, byte for byte
     coco = load_coco(root / "train_all.json")
     folds = split.make_folds(coco, TRASH, 3, 3, group_by="field:clip")
-    for path in split.write_folds(coco, folds, tmp_path / "again"):
+    for path in write_folds(coco, folds, tmp_path / "again"):
         assert path.read_bytes() == (out / path.name).read_bytes()
 
 

@@ -7,7 +7,7 @@ import json
 import papermill
 import pytest
 
-from segkit.pipeline import NOTEBOOKS_DIR
+from segkit.flow.notebook import NOTEBOOKS_DIR
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
@@ -37,7 +37,7 @@ def test_committed_without_outputs(path):
 
 def test_04_train_declares_every_training_parameter_with_its_default():
     """The table of training defaults is held once: 04_train's cell is written from it."""
-    from segkit.train_parameters import parameters_cell
+    from segkit.recipe.parameters import parameters_cell
 
     nb = json.loads((NOTEBOOKS_DIR / "04_train.ipynb").read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))

@@ -7,16 +7,19 @@ import os
 import numpy as np
 import pytest
 
-from segkit import ensemble
-from segkit.classes import TRASH
-from segkit.coco import load_coco, read_label
-from segkit.errors import ParameterError, SegkitError
-from segkit.metrics import confusion_matrix, miou
-from segkit.paths import outputs_dir
-from segkit.predict import predict_run, save_probs, write_prediction_meta
-from segkit.runs import Run, common_validation, find_runs
-from segkit.submission import read_submission, validate_submission
-from segkit.vote import hard_vote, weighted_vote
+from segkit.coco.files import load_coco, read_label
+from segkit.core.classes import TRASH
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.metrics import confusion_matrix, miou
+from segkit.core.paths import outputs_dir
+from segkit.predict import ensemble
+from segkit.predict.options import PredictOptions
+from segkit.predict.writing import predict_run
+from segkit.results.predictions import save_probs, write_prediction_meta
+from segkit.results.runs import Run, common_validation, find_runs
+from segkit.submission.files import validate_submission
+from segkit.submission.reader import read_submission
+from segkit.submission.vote import hard_vote, weighted_vote
 from tests.conftest import notebook_text, run_notebook, tiny_train_params
 
 C = len(TRASH)
@@ -25,7 +28,7 @@ C = len(TRASH)
 @pytest.fixture(scope="module")
 def second_run(trained_run, sample_root, tmp_path_factory):
     """A second model: the trained run fine-tuned briefly with another seed."""
-    from segkit.train import run
+    from segkit.train.training import run
 
     return run(**tiny_train_params(sample_root, iters=10, val_interval=10, seed=7, lr=0.004,
                                    weights="none", load_from=str(trained_run.best_checkpoint),
@@ -88,7 +91,7 @@ def test_07_ensemble_notebook(trained_run, second_run, sample_root, tmp_path):
 
 
 def test_07_single_run_and_bad_method(trained_run, sample_root, tmp_path):
-    from segkit.pipeline import NotebookError
+    from segkit.flow.notebook import NotebookError
 
     with pytest.raises(NotebookError, match="method='vote'; allowed: soft, hard, greedy"):
         run_notebook("07_ensemble", tmp_path, data_root=str(sample_root), method="vote",
@@ -163,7 +166,7 @@ def test_write_ensemble_submission_methods(tmp_path):
     for k in range(3):
         labels = {i: rng.integers(0, C, (4, 4)).astype(np.uint8) for i in (5, 6)}
         d = _folder(tmp_path / f"t{k}", labels)
-        from segkit.submission import write_submission
+        from segkit.submission.files import write_submission
 
         write_submission(d / "submission.csv", [f"{i}.jpg" for i in labels],
                          list(labels.values()), C, (4, 4))
@@ -200,7 +203,7 @@ def test_runs_of_a_fold_and_their_common_validation(trained_run, second_run, sam
     with pytest.raises(SegkitError, match=f"{other}: validated on .*train.json"):
         common_validation([trained_run.work_dir, other])
     # find_runs: only runs with a checkpoint validated on the fold's val file
-    from segkit.split import split_file
+    from segkit.folds.split import split_file
 
     splits = outputs_dir() / "splits"
     if not (splits / "fold0_val.json").exists():
@@ -222,22 +225,22 @@ def test_runs_of_a_fold_and_their_common_validation(trained_run, second_run, sam
 def test_predict_run_reuses_a_folder_made_the_same_way_only(trained_run, sample_root, tmp_path,
                                                            monkeypatch):
     val_json = sample_root / "val.json"
-    out = predict_run(trained_run.work_dir, "val", val_json, sample_root,
+    out = predict_run(trained_run.work_dir, "val", coco_file=val_json, data_root=sample_root,
                       out_dir=tmp_path / "val").path
     meta = out / "meta.json"
     stamp = meta.stat().st_mtime_ns
-    again = predict_run(trained_run.work_dir, "val", val_json, sample_root,
-                        out_dir=tmp_path / "val")
+    again = predict_run(trained_run.work_dir, "val", coco_file=val_json,
+                        data_root=sample_root, out_dir=tmp_path / "val")
     assert again.path == out and meta.stat().st_mtime_ns == stamp
     # the same run and file named by relative paths (as 05_predict may record them): reused
     monkeypatch.chdir(tmp_path)
-    predict_run(os.path.relpath(trained_run.work_dir), "val", os.path.relpath(val_json),
-                sample_root, out_dir="val")
+    predict_run(os.path.relpath(trained_run.work_dir), "val",
+                coco_file=os.path.relpath(val_json), data_root=sample_root, out_dir="val")
     assert meta.stat().st_mtime_ns == stamp
     # predicted from relative names, the folder records where they are from any folder
     fresh = predict_run(os.path.relpath(trained_run.work_dir), "val",
-                        "../" + os.path.relpath(val_json, tmp_path.parent), sample_root,
-                        out_dir="fresh").path
+                        coco_file="../" + os.path.relpath(val_json, tmp_path.parent),
+                        data_root=sample_root, out_dir="fresh").path
     recorded = json.loads((fresh / "meta.json").read_text())
     assert recorded["checkpoint"] == str(trained_run.best_checkpoint.resolve())
     assert recorded["source"] == str(val_json.resolve())
@@ -250,14 +253,15 @@ def test_predict_run_reuses_a_folder_made_the_same_way_only(trained_run, sample_
             ("reduction", "nearest", "reduction", "nearest"),
             ("checkpoint", "last", "checkpoint", str(trained_run.last_checkpoint.resolve()))):
         stamp = meta.stat().st_mtime_ns
-        predict_run(trained_run.work_dir, "val", val_json, sample_root,
-                    out_dir=tmp_path / "val", **{option: value})
+        predict_run(trained_run.work_dir, "val", PredictOptions(**{option: value}),
+                    coco_file=val_json, data_root=sample_root, out_dir=tmp_path / "val")
         assert meta.stat().st_mtime_ns != stamp, option
         assert json.loads(meta.read_text())[key] == expected, option
     # another source file with the same images: predicted again
     stamp = meta.stat().st_mtime_ns
     copy = tmp_path / "val_copy.json"
     copy.write_bytes(val_json.read_bytes())
-    predict_run(trained_run.work_dir, "val", copy, sample_root, out_dir=tmp_path / "val",
-                checkpoint="last", reduction="nearest")
+    predict_run(trained_run.work_dir, "val",
+                PredictOptions(checkpoint="last", reduction="nearest"), coco_file=copy,
+                data_root=sample_root, out_dir=tmp_path / "val")
     assert json.loads(meta.read_text())["source"] == str(copy.resolve())

@@ -2,8 +2,8 @@
 
 import json
 
-from segkit.__main__ import main
-from segkit.paths import outputs_dir
+from segkit.core.paths import outputs_dir
+from segkit.flow.cli import main
 from tests.conftest import TINY_TRAIN, notebook_text, run_notebook
 
 
@@ -40,7 +40,7 @@ def test_train_cli_rejects_unknown_parameter(capsys):
 
 
 def test_05_predict_notebook(trained_run, sample_root, tmp_path):
-    from segkit.submission import validate_submission
+    from segkit.submission.files import validate_submission
 
     nb = run_notebook("05_predict", tmp_path, run_dir=str(trained_run.work_dir), name="nb05",
                       flips=["h"], n_worst=2)
@@ -83,7 +83,7 @@ def test_05_predict_takes_papermill_text_for_lists(trained_run, sample_root, tmp
 def test_notebooks_refuse_bad_and_undeclared_parameters(trained_run, tmp_path):
     import pytest
 
-    from segkit.pipeline import NotebookError
+    from segkit.flow.notebook import NotebookError
 
     with pytest.raises(NotebookError, match=r"scales='big': expected a list .* -y 'scales: "):
         run_notebook("05_predict", tmp_path, run_dir=str(trained_run.work_dir), scales="big")
@@ -97,7 +97,7 @@ def test_predict_cli_finds_a_run_from_the_notebooks_folder(trained_run, monkeypa
     """`python -m segkit predict outputs/runs/NAME` means the same from notebooks/."""
     import shutil
 
-    from segkit.paths import PROJECT_ROOT
+    from segkit.core.paths import PROJECT_ROOT
 
     run = outputs_dir() / "runs" / "from_notebooks"
     if not run.exists():

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from segkit.paths import atomic_path, outputs_dir, resolve_output_path, write_text_atomic
+from segkit.core.paths import atomic_path, outputs_dir, resolve_output_path, write_text_atomic
 
 
 def test_atomic_write_has_the_mode_of_a_plain_write(tmp_path):

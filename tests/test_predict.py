@@ -6,19 +6,21 @@ import shutil
 import numpy as np
 import pytest
 
-from segkit.classes import TRASH
-from segkit.coco import load_coco, read_image, write_coco
-from segkit.errors import SegkitError
-from segkit.inference import check_model_classes, load_model, predict_probs, reduce_label
-from segkit.predict import (
+from segkit.coco.files import load_coco, read_image, write_coco
+from segkit.core.classes import TRASH
+from segkit.core.errors import SegkitError
+from segkit.predict.inference import check_model_classes, load_model, predict_probs, reduce_label
+from segkit.predict.options import PredictOptions
+from segkit.predict.writing import predict_dataset
+from segkit.results.predictions import (
     dequantize_probs,
     evaluate,
-    predict_dataset,
     quantize_probs,
     read_prediction_meta,
 )
-from segkit.runs import Run
-from segkit.submission import read_submission, validate_submission
+from segkit.results.runs import Run
+from segkit.submission.files import validate_submission
+from segkit.submission.reader import read_submission
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +65,8 @@ def test_scales_slide_and_out_size(model, sample_root):
 
 def test_test_split_writes_a_valid_submission(model, sample_root, tmp_path):
     coco = load_coco(sample_root / "test.json")
-    out = predict_dataset(model, coco, sample_root, tmp_path / "test", split="test",
-                          flips=("h",), progress=False)
+    out = predict_dataset(model, coco, sample_root, tmp_path / "test",
+                          PredictOptions(flips=("h",)), split="test", progress=False)
     assert validate_submission(out / "submission.csv", sample_root / "test.json") == []
     names, labels = read_submission(out / "submission.csv")
     assert names == [img["file_name"] for img in coco.images]
@@ -86,8 +88,9 @@ def test_reductions():
 
 def test_nearest_reduction_of_full_size_labels(model, sample_root, tmp_path):
     coco = load_coco(sample_root / "test.json")
-    out = predict_dataset(model, coco, sample_root, tmp_path / "n", split="test",
-                          reduction="nearest", out_size=(48, 48), progress=False)
+    out = predict_dataset(model, coco, sample_root, tmp_path / "n",
+                          PredictOptions(reduction="nearest", out_size=(48, 48)), split="test",
+                          progress=False)
     _, labels = read_submission(out / "submission.csv", size=(48, 48))
     assert labels.shape == (6, 48 * 48)
 
@@ -115,8 +118,8 @@ def test_bad_inputs(trained_run, model, sample_root, tmp_path):
     broken = load_coco(write_coco(data, tmp_path / "test.json"))
     with pytest.raises(SegkitError, match="nope.jpg: image file missing"):
         predict_dataset(model, broken, sample_root, tmp_path / "out", progress=False)
-    assert not (tmp_path / "out" / "meta.json").exists()
-    assert not list((tmp_path / "out").rglob("*.npy"))
+    assert not (tmp_path / "out").exists()  # nothing written half
+    assert not list(tmp_path.glob(".out.*"))
     with pytest.raises(SegkitError, match="not a run folder"):
         Run.open(tmp_path).data()
 
@@ -154,8 +157,8 @@ def test_predict_cli_scores_validation_and_writes_the_submission(trained_run, sa
                                                                   capsys):
     import re
 
-    from segkit.__main__ import main
-    from segkit.paths import outputs_dir
+    from segkit.core.paths import outputs_dir
+    from segkit.flow.cli import main
 
     assert main(["predict", str(trained_run.work_dir), "--flips", "--name", "cli"]) == 0
     printed = capsys.readouterr().out
@@ -170,8 +173,72 @@ def test_predict_cli_scores_validation_and_writes_the_submission(trained_run, sa
 
 
 def test_predict_cli_bad_run(tmp_path, capsys):
-    from segkit.__main__ import main
+    from segkit.flow.cli import main
 
     assert main(["predict", str(tmp_path / "no_run"), "--splits", "test"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no_run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_cli_writes_the_local_score_beside_the_submission(trained_run, capsys):
+    from segkit.core.paths import outputs_dir
+    from segkit.flow.cli import main
+    from segkit.submission.leaderboard import sha256
+
+    assert main(["predict", str(trained_run.work_dir), "--flips", "--name", "scored",
+                 "--slide", "64", "32", "--reduction", "nearest"]) == 0
+    folder = outputs_dir() / "predictions" / "scored"
+    score = json.loads((folder / "test" / "submission.csv.score.json").read_text())
+    assert score["sha256"] == sha256(folder / "test" / "submission.csv")
+    assert "local score in" in capsys.readouterr().out
+    meta = read_prediction_meta(folder / "test")
+    assert meta["slide"] == [64, 32] and meta["reduction"] == "nearest"
+
+
+def test_predict_options_are_checked_and_normalised():
+    from segkit.core.errors import ParameterError
+
+    options = PredictOptions(flips=["v", "h"], scales=[1, 0.5], slide=[64, 32],
+                             out_size=[48, 48], checkpoints=["best", 400])
+    assert options.flips == ("v", "h") and options.scales == (1.0, 0.5)
+    assert options.slide == (64, 32) and options.out_size == (48, 48)
+    assert options.members == ("best", 400)
+    assert options.at(400).checkpoint == 400 and options.at(400).checkpoints == ()
+    assert hash(options) == hash(PredictOptions(flips=("v", "h"), scales=(1.0, 0.5),
+                                                slide=(64, 32), out_size=(48, 48),
+                                                checkpoints=("best", 400)))
+    for bad, message in ((dict(flips=["x"]), "flips has 'x'"),
+                         (dict(flips=["h", "h"]), "names a flip twice"),
+                         (dict(scales=[0]), "scales="),
+                         (dict(scales=[]), "scales="),
+                         (dict(slide=[64]), "slide="),
+                         (dict(out_size=[0, 4]), "out_size="),
+                         (dict(reduction="mean"), "reduction"),
+                         (dict(checkpoints=["best", "best"]), "names a checkpoint twice"),
+                         (dict(amp="yes"), "amp=")):
+        with pytest.raises(ParameterError, match=message):
+            PredictOptions(**bad)
+
+
+def test_an_incomplete_prediction_folder_is_predicted_again(trained_run, sample_root, tmp_path):
+    from segkit.predict.writing import predict_run
+
+    out = tmp_path / "test"
+    first = predict_run(trained_run.work_dir, "test", coco_file=sample_root / "test.json",
+                        data_root=sample_root, out_dir=out, save_full_labels=True)
+    removed = sorted((out / "probs").iterdir())[0]
+    removed.unlink()
+    (out / "labels" / f"{removed.stem}.png").unlink()
+    assert [p.name for p in first.missing_files(labels=True)] == [removed.name,
+                                                                   f"{removed.stem}.png"]
+    again = predict_run(trained_run.work_dir, "test", coco_file=sample_root / "test.json",
+                        data_root=sample_root, out_dir=out, save_full_labels=True)
+    assert again.missing_files(labels=True) == []
+    # asked with full labels where a folder has none: predicted again, labels included
+    plain = tmp_path / "plain"
+    predict_run(trained_run.work_dir, "test", coco_file=sample_root / "test.json",
+                data_root=sample_root, out_dir=plain)
+    assert not (plain / "labels").exists()
+    predict_run(trained_run.work_dir, "test", coco_file=sample_root / "test.json",
+                data_root=sample_root, out_dir=plain, save_full_labels=True)
+    assert len(list((plain / "labels").iterdir())) == len(load_coco(sample_root / "test.json").images)

@@ -8,21 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.classes import IGNORE_INDEX, TRASH
-from segkit.coco import load_coco, read_label, write_coco
-from segkit.errors import ParameterError, SegkitError
-from segkit.losses import LOSS_TERMS
-from segkit.pipeline import notebook_parameters
-from segkit.predict import save_probs, write_prediction_meta
-from segkit.pseudo import (
-    check_threshold,
-    label_from_probs,
-    pseudo_labels,
-    round2_parameters,
-    round_comparison,
-)
-from segkit.sources import data_list, resolve_source
-from segkit.train_parameters import LOSSES, TRAINING_PARAMETERS
+from segkit.coco.files import load_coco, read_label, write_coco
+from segkit.core.classes import IGNORE_INDEX, TRASH
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.flow.notebook import notebook_parameters
+from segkit.flow.round2 import round2_parameters
+from segkit.predict.pseudo import check_threshold, label_from_probs, pseudo_labels, round_comparison
+from segkit.recipe.losses import LOSS_TERMS
+from segkit.recipe.parameters import LOSSES, TRAINING_PARAMETERS
+from segkit.results.predictions import save_probs, write_prediction_meta
+from segkit.train.sources import data_list, resolve_source
 
 C = len(TRASH)
 
@@ -237,7 +232,7 @@ def test_ignored_pixels_do_not_reach_the_loss(loss, class_weights, sample_root):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from segkit.train import build_config
+    from segkit.train.training import build_config
     from tests.conftest import tiny_train_params
 
     weights = [1.0 + 0.25 * i for i in range(C)] if class_weights else None
@@ -275,12 +270,12 @@ def test_ignored_pixels_do_not_reach_the_loss(loss, class_weights, sample_root):
 # ---------------------------------------------------------------------------------------------
 
 def test_training_with_a_pseudo_source_runs(trained_run, sample_root, tmp_path):
-    from segkit.predict import predict_run
-    from segkit.train import run
+    from segkit.predict.writing import predict_run
+    from segkit.train.training import run
     from tests.conftest import tiny_train_params
 
-    pred = predict_run(trained_run.work_dir, "test", sample_root / "test.json", sample_root,
-                       out_dir=tmp_path / "pred")
+    pred = predict_run(trained_run.work_dir, "test", coco_file=sample_root / "test.json",
+                       data_root=sample_root, out_dir=tmp_path / "pred")
     result = pseudo_labels(pred, tmp_path / "pseudo", threshold=0.6)
     kept = result.report["kept_pixels"].sum()
     assert 0 < kept < result.report["predicted_pixels"].sum()
@@ -292,7 +287,7 @@ def test_training_with_a_pseudo_source_runs(trained_run, sample_root, tmp_path):
         seen.extend(infos)
         return infos
 
-    import segkit.components as train_mod  # where the dataset reads its sources
+    import segkit.train as train_mod  # where the dataset reads its sources
 
     train_mod.data_list, saved = spy, train_mod.data_list
     try:
@@ -346,7 +341,7 @@ def test_round_comparison(trained_run, tmp_path):
 def test_masked_dice_equals_mmseg_dice_without_ignored_pixels():
     from mmseg.models.losses import DiceLoss
 
-    from segkit.losses import MaskedDiceLoss
+    from segkit.train.losses import MaskedDiceLoss
 
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(2, C, 8, 8, generator=gen)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segkit.paths import PROJECT_ROOT
+from segkit.core.paths import PROJECT_ROOT
 
 MARKER = "<!-- tested: these lines run in tests/test_readme.py -->"
 TINY = {"04_train": "-p iters 4 -p val_interval 2 -p image_size 96 -p crop_size 64 "

@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segkit.__main__ import main
-from segkit.errors import SegkitError
-from segkit.paths import outputs_dir
-from segkit.pipeline import DEMO_SPEC, NotebookError, load_spec, plan_pipeline, run_pipeline
-from segkit.report import confused_pairs, runs_table
+from segkit.core.errors import SegkitError
+from segkit.core.paths import outputs_dir
+from segkit.flow.cli import main
+from segkit.flow.notebook import NotebookError
+from segkit.flow.pipeline import DEMO_SPEC, load_spec, plan_pipeline, run_pipeline
+from segkit.results.report import confused_pairs, runs_table
 from tests.conftest import notebook_text, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ steps:
 
 def test_a_relative_data_root_means_the_folder_seen_from_where_the_pipeline_runs(
         sample_root, tmp_path, monkeypatch):
-    from segkit.pipeline import run_notebook as execute
+    from segkit.flow.notebook import run_notebook as execute
 
     monkeypatch.chdir(sample_root.parent)  # the kernel itself runs in notebooks/
     out = execute("02_split", tmp_path / "02.ipynb",

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.augment import AUGMENTATIONS, pipelines
-from segkit.classes import IGNORE_INDEX
-from segkit.errors import ParameterError
-from segkit.losses import LOSS_TERMS, loss_config
-from segkit.preview import augmented_samples
-from segkit.schedules import SCHEDULES, schedulers
-from segkit.train import build_config, run
+from segkit.core.classes import IGNORE_INDEX
+from segkit.core.errors import ParameterError
+from segkit.recipe.augment import AUGMENTATIONS, pipelines
+from segkit.recipe.losses import LOSS_TERMS, loss_config
+from segkit.recipe.schedules import SCHEDULES, schedulers
+from segkit.train.preview import augmented_samples
+from segkit.train.training import build_config, run
 from tests.conftest import tiny_train_params
 
 PER_SAMPLE = ["flip", "vflip:0.3", {"rotate": {"prob": 0.5, "degree": 20}}, "rot_flip",
@@ -100,7 +100,7 @@ def test_saved_config_and_checkpoint_run_in_mmseg_without_segkit(research_run, s
         model = init_model({str(work / 'config.py')!r}, {str(work / 'iter_2.pth')!r},
                            device="cpu")
         result = inference_model(model, {str(image)!r})
-        print(tuple(result.pred_sem_seg.data.shape), "segkit.components" in sys.modules)
+        print(tuple(result.pred_sem_seg.data.shape), "segkit.train" in sys.modules)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, cwd="/")
@@ -140,7 +140,7 @@ def _lrs(schedule, iters=40, warmup=5):
     from mmengine.optim import OptimWrapper
     from mmengine.registry import PARAM_SCHEDULERS
 
-    import segkit.components  # noqa: F401  (GroupOneCycleLR)
+    import segkit.train  # noqa: F401  (GroupOneCycleLR)
 
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     opt = torch.optim.SGD([{"params": [params[0]], "lr": 1.0},
@@ -172,7 +172,7 @@ def test_schedules_warm_up_then_follow_their_shape():
 def test_lovasz_is_the_jaccard_loss_on_hard_predictions():
     """Lovasz extension is tight on the vertices: for one-hot probabilities the loss equals
     the mean over present classes of 1 - IoU (Berman et al., 2018)."""
-    from segkit.losses import LovaszSoftmaxLoss
+    from segkit.train.losses import LovaszSoftmaxLoss
 
     gen = torch.Generator().manual_seed(3)
     label = torch.randint(0, 4, (2, 12, 12), generator=gen)
@@ -187,7 +187,7 @@ def test_lovasz_is_the_jaccard_loss_on_hard_predictions():
 
 
 def test_ohem_and_smoothing_reduce_to_cross_entropy():
-    from segkit.losses import OhemCrossEntropyLoss, SmoothCrossEntropyLoss
+    from segkit.train.losses import OhemCrossEntropyLoss, SmoothCrossEntropyLoss
 
     gen = torch.Generator().manual_seed(4)
     logits = torch.randn(2, 5, 8, 8, generator=gen)
@@ -211,7 +211,7 @@ def test_batch_mixes_move_images_and_labels_together(mix):
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
 
-    import segkit.components  # noqa: F401
+    import segkit.train  # noqa: F401
 
     torch.manual_seed(0)
     n = 6
@@ -241,7 +241,7 @@ def test_augmented_samples_show_what_the_model_sees(sample_root):
     import matplotlib
 
     matplotlib.use("Agg")
-    from segkit.preview import show_augmented
+    from segkit.train.preview import show_augmented
 
     params = tiny_train_params(sample_root, weights="none", augment=["rotate:1", "cutmix:1"])
     images, labels = augmented_samples(params, n=4)
@@ -362,7 +362,7 @@ def test_whole_mode_trains_a_config_file_as_written(sample_root, tmp_path):
     assert cfg["model"]["decode_head"]["num_classes"] == 11
     assert cfg["optim_wrapper"]["optimizer"]["lr"] == 0.01  # the file's, not segkit's
     assert cfg["val_evaluator"]["type"] == "SegkitIoUMetric"
-    assert "segkit.components" in cfg["custom_imports"]["imports"]
+    assert "segkit.train" in cfg["custom_imports"]["imports"]
     with pytest.warns(UserWarning):
         result = run(**params)
     assert result.last_checkpoint.name == "iter_2.pth" and 0 <= result.best_miou <= 1
@@ -383,7 +383,7 @@ def test_whole_mode_keeps_a_zoo_config_and_its_weights(sample_root):
 
 
 def test_zoo_and_backbone_weights_of_any_mmseg_config(tmp_path):
-    from segkit.models import CATALOGUE, mmseg_configs_dir, model_config
+    from segkit.train.models import CATALOGUE, mmseg_configs_dir, model_config
 
     name = "pspnet/pspnet_r50-d8_4xb4-80k_ade20k-512x512.py"
     assert all(spec.config != name for spec in CATALOGUE.values())
@@ -416,7 +416,7 @@ def test_mask2former_names_the_options_it_ignores(sample_root):
 
 
 def test_wandb_goes_offline_without_a_key(monkeypatch, tmp_path):
-    from segkit.tracking import vis_backends
+    from segkit.train.tracking import vis_backends
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

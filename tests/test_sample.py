@@ -1,8 +1,8 @@
 import hashlib
 
-from segkit.classes import TRASH
-from segkit.coco import check_coco, label_map, load_coco, read_image
-from segkit.sample import make_sample
+from segkit.coco.files import check_coco, label_map, load_coco, read_image
+from segkit.core.classes import TRASH
+from segkit.data.sample import make_sample
 
 
 def _digest(root):

@@ -1,4 +1,4 @@
-"""segkit.split: StratifiedGroupKFold folds, fold files, fold report and checks."""
+"""segkit.folds.split: StratifiedGroupKFold folds, fold files, fold report and checks."""
 
 from __future__ import annotations
 
@@ -8,12 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import fold_sets, split
-from segkit.__main__ import main
-from segkit.classes import TRASH
-from segkit.coco import load_coco
-from segkit.eda import pixel_counts
-from segkit.errors import CocoError, ParameterError
+from segkit.coco import write_coco
+from segkit.coco.files import load_coco
+from segkit.coco.pixels import pixel_counts
+from segkit.core.classes import TRASH
+from segkit.core.errors import CocoError, ParameterError
+from segkit.flow.cli import main
+from segkit.folds import (
+    available_folds,
+    check_fold_files,
+    duplicate_pairs_per_fold,
+    fold_files,
+    group_counts,
+    image_groups,
+    split,
+    write_folds,
+)
+from segkit.folds import files as fold_sets
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +65,8 @@ def test_pixel_rows_follow_pixel_shares(train):
 
 
 def test_same_seed_same_bytes_other_seed_other_folds(train, tmp_path):
-    a = split.write_folds(train, split.make_folds(train, TRASH, 3, 7), tmp_path / "a")
-    b = split.write_folds(train, split.make_folds(train, TRASH, 3, 7), tmp_path / "b")
+    a = write_folds(train, split.make_folds(train, TRASH, 3, 7), tmp_path / "a")
+    b = write_folds(train, split.make_folds(train, TRASH, 3, 7), tmp_path / "b")
     assert [p.name for p in a] == [p.name for p in b]
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
     other = [split.make_folds(train, TRASH, 3, s) for s in range(1, 6)]
@@ -64,7 +75,7 @@ def test_same_seed_same_bytes_other_seed_other_folds(train, tmp_path):
 
 def test_fold_files_are_valid_subsets_keeping_ids_and_names(train, tmp_path, sample_root):
     folds = split.make_folds(train, TRASH, 3, 42)
-    written = split.write_folds(train, folds, tmp_path)
+    written = write_folds(train, folds, tmp_path)
     assert sorted(p.name for p in written) == sorted(
         [f"fold{k}_{part}.json" for k in range(3) for part in ("train", "val")] + ["folds.csv"])
     original = json.loads((sample_root / "train_all.json").read_text())
@@ -77,20 +88,20 @@ def test_fold_files_are_valid_subsets_keeping_ids_and_names(train, tmp_path, sam
             assert img == train.image_by_id[img["id"]]
         assert len(val.annotations) + len(tr.annotations) == len(train.annotations)
         assert val.categories == original["categories"]
-    report = split.check_fold_files(tmp_path, train)
+    report = check_fold_files(tmp_path, train)
     assert report["ok"].all() and report["val_images"].sum() == len(train.images)
 
 
 def test_check_finds_leaks(train, tmp_path):
     folds = split.make_folds(train, TRASH, 3, 42)
-    split.write_folds(train, folds, tmp_path)
+    write_folds(train, folds, tmp_path)
     val0 = json.loads((tmp_path / "fold0_val.json").read_text())
     train1 = json.loads((tmp_path / "fold1_train.json").read_text())
     val1 = json.loads((tmp_path / "fold1_val.json").read_text())
     leaked = val0["images"][0]
     val1["images"].append(leaked)  # in fold 0's and fold 1's validation, and in fold 1's train
     (tmp_path / "fold1_val.json").write_text(json.dumps(val1))
-    report = split.check_fold_files(tmp_path, train).set_index("fold")
+    report = check_fold_files(tmp_path, train).set_index("fold")
     assert leaked in train1["images"]
     assert report.loc[1, "in_train_and_val"] == 1
     assert report.loc[0, "in_another_val"] == 1 and report.loc[1, "in_another_val"] == 1
@@ -118,7 +129,7 @@ def test_report_shares_add_up_and_pixels_variant_balances_pixels(train):
 
 
 def test_pixel_variant_lowers_pixel_deviation_on_many_images(tmp_path):
-    from segkit.sample import make_sample
+    from segkit.data.sample import make_sample
 
     root = make_sample(tmp_path / "s", n_train=120, n_test=1, size=48, seed=3)
     coco = load_coco(root / "train_all.json")
@@ -150,19 +161,19 @@ def test_pixels_variant_needs_the_pixel_table(train):
 
 def test_fold_files_names_the_allowed_folds(train, tmp_path):
     with pytest.raises(ParameterError, match="no fold files"):
-        split.fold_files(tmp_path, 0)
-    split.write_folds(train, split.make_folds(train, TRASH, 3, 42), tmp_path)
-    assert split.fold_files(tmp_path, 2) == (tmp_path / "fold2_train.json",
+        fold_files(tmp_path, 0)
+    write_folds(train, split.make_folds(train, TRASH, 3, 42), tmp_path)
+    assert fold_files(tmp_path, 2) == (tmp_path / "fold2_train.json",
                                              tmp_path / "fold2_val.json")
     with pytest.raises(ParameterError, match=r"fold 3 is out of range; allowed: 0, 1, 2"):
-        split.fold_files(tmp_path, 3)
+        fold_files(tmp_path, 3)
 
 
 def test_cli_split(tmp_path, sample_root, capsys):
     out = tmp_path / "splits"
     assert main(["split", str(sample_root / "train_all.json"), "--out", str(out),
                  "--n-splits", "3", "--by", "pixels"]) == 0
-    assert split.available_folds(out) == [0, 1, 2]
+    assert available_folds(out) == [0, 1, 2]
     assert f"to {out}" in capsys.readouterr().out
     assert main(["split", str(sample_root / "train_all.json"), "--out", str(tmp_path / "x"),
                  "--n-splits", "99"]) == 2
@@ -171,7 +182,9 @@ def test_cli_split(tmp_path, sample_root, capsys):
 
 
 def test_fewer_folds_over_more_leave_no_stale_files(sample_root, tmp_path):
-    from segkit.split import available_folds, check_fold_files, split_file
+    from segkit.folds.checks import check_fold_files
+    from segkit.folds.files import available_folds
+    from segkit.folds.split import split_file
 
     split_file(sample_root / "train_all.json", tmp_path, n_splits=5)
     split_file(sample_root / "train_all.json", tmp_path, n_splits=3)
@@ -200,7 +213,7 @@ def _grouped_copy(sample_root, tmp_path, name="grouped.json"):
     ("regex:^clips/seq(\\d)", 6)])
 def test_group_by_keeps_each_group_in_one_fold(sample_root, tmp_path, by, group_by, n_groups):
     coco = load_coco(_grouped_copy(sample_root, tmp_path))
-    groups = split.image_groups(coco, group_by)
+    groups = image_groups(coco, group_by)
     assert groups.nunique() == n_groups
     folds = split.make_folds(coco, TRASH, 3, 42, by, pixel_counts(coco, TRASH), group_by)
     assert sorted(set(folds)) == [0, 1, 2]
@@ -210,25 +223,25 @@ def test_group_by_keeps_each_group_in_one_fold(sample_root, tmp_path, by, group_
     assert per_fold["val_groups"].sum() == n_groups
     assert (per_fold["val_groups"] + per_fold["train_groups"] == n_groups).all()
     out = tmp_path / "out"
-    split.write_folds(coco, folds, out)
-    check = split.check_fold_files(out, coco, group_by=group_by)
+    write_folds(coco, folds, out)
+    check = check_fold_files(out, coco, group_by=group_by)
     assert check["ok"].all() and check["val_groups"].sum() == n_groups
 
 
 def test_group_names_of_each_source(sample_root, tmp_path):
     coco = load_coco(_grouped_copy(sample_root, tmp_path))
     first = coco.images[0]["id"]
-    assert split.image_groups(coco, r"regex:^(\w+?)_")[first] == "seq0"
-    assert split.image_groups(coco, "regex:seq\\d")[first] == "seq0"  # whole match
-    assert split.image_groups(coco, "field:video_id")[first] == "0"
-    frames = split.image_groups(coco, "frames:5")
+    assert image_groups(coco, r"regex:^(\w+?)_")[first] == "seq0"
+    assert image_groups(coco, "regex:seq\\d")[first] == "seq0"  # whole match
+    assert image_groups(coco, "field:video_id")[first] == "0"
+    frames = image_groups(coco, "frames:5")
     assert frames[first] == "clips/seq0_f0000..0015.jpg"
     assert set(frames[frames.str.startswith("clips/seq5")]) == {
         "clips/seq5_f0000..0005.jpg", "clips/seq5_f0110..0115.jpg"}
     # a smaller gap splits every frame apart; the default keeps today's image groups
-    assert split.image_groups(coco, "frames:4").nunique() == len(coco.images)
-    assert split.image_groups(coco).tolist() == [str(i["id"]) for i in coco.images]
-    assert split.image_groups(coco, "").tolist() == split.image_groups(coco, None).tolist()
+    assert image_groups(coco, "frames:4").nunique() == len(coco.images)
+    assert image_groups(coco).tolist() == [str(i["id"]) for i in coco.images]
+    assert image_groups(coco, "").tolist() == image_groups(coco, None).tolist()
 
 
 def test_no_group_by_is_todays_split_byte_for_byte(train, tmp_path):
@@ -285,47 +298,47 @@ def test_fewer_groups_than_folds(sample_root, tmp_path):
 def test_a_group_straddling_train_and_val_is_refused(sample_root, tmp_path):
     coco = load_coco(_grouped_copy(sample_root, tmp_path))
     # folds made per image (someone else's files): sequences end up on both sides
-    split.write_folds(coco, split.make_folds(coco, TRASH, 3, 42), tmp_path / "out")
-    assert split.check_fold_files(tmp_path / "out", coco)["ok"].all()
+    write_folds(coco, split.make_folds(coco, TRASH, 3, 42), tmp_path / "out")
+    assert check_fold_files(tmp_path / "out", coco)["ok"].all()
     with pytest.raises(CocoError, match=r"fold\d_val.json: group 'seq\d' \(group_by "
                                         r"'field:video_id'\)|group '\d' \(group_by"):
-        split.check_fold_files(tmp_path / "out", coco, group_by="field:video_id")
+        check_fold_files(tmp_path / "out", coco, group_by="field:video_id")
     with pytest.raises(CocoError, match=r"group 'seq\d' \(group_by 'regex:\^\(\\w\+\?\)_'\) "
                                         r"spans train and val of fold \d: image \d+ "
                                         r"\(clips/seq\d_f\d+\.jpg\) in fold\d_train.json"):
-        split.check_fold_files(tmp_path / "out", coco, group_by=r"regex:^(\w+?)_")
+        check_fold_files(tmp_path / "out", coco, group_by=r"regex:^(\w+?)_")
     folds = split.make_folds(coco, TRASH, 3, 42)
     with pytest.raises(ParameterError, match=r"group 'seq\d' spans fold \d's train and val"):
-        split.group_counts(folds, split.image_groups(coco, r"regex:^(\w+?)_"))
+        group_counts(folds, image_groups(coco, r"regex:^(\w+?)_"))
 
 
 # --- near-duplicate pairs across folds ----------------------------------------------------------
 
 def test_duplicate_pairs_across_folds_are_counted_and_limited(train, tmp_path):
     folds = split.make_folds(train, TRASH, 3, 42)
-    split.write_folds(train, folds, tmp_path)
+    write_folds(train, folds, tmp_path)
     val0 = folds[folds == 0].index.tolist()
     train0 = folds[folds != 0].index.tolist()
     pairs = pd.DataFrame({"image_a": [val0[0], val0[0], train0[0]],
                           "image_b": [train0[0], val0[1], train0[1]],
                           "file_a": ["a.jpg"] * 3, "file_b": ["b.jpg"] * 3})
-    check = split.check_fold_files(tmp_path, train, duplicate_pairs=pairs)
-    per_fold = split.duplicate_pairs_per_fold(pairs, folds).set_index("fold")
+    check = check_fold_files(tmp_path, train, duplicate_pairs=pairs)
+    per_fold = duplicate_pairs_per_fold(pairs, folds).set_index("fold")
     assert check.set_index("fold")["duplicate_pairs"].tolist() == \
         per_fold["pairs_across"].tolist()
     assert per_fold.loc[0, "pairs_across"] == 1 and per_fold.loc[0, "pairs_in_val"] == 1
     assert check["duplicate_pairs"].sum() >= 1
-    assert split.check_fold_files(tmp_path, train, duplicate_pairs=pairs,
+    assert check_fold_files(tmp_path, train, duplicate_pairs=pairs,
                                   max_duplicate_pairs=2)["ok"].all()
     with pytest.raises(CocoError, match=r"fold 0 has 1 near-duplicate pairs across train and "
                                         r"val, more than max_duplicate_pairs=0; e\.g\. images"):
-        split.check_fold_files(tmp_path, train, duplicate_pairs=pairs, max_duplicate_pairs=0)
+        check_fold_files(tmp_path, train, duplicate_pairs=pairs, max_duplicate_pairs=0)
     with pytest.raises(ParameterError, match="max_duplicate_pairs must be None or"):
-        split.check_fold_files(tmp_path, train, duplicate_pairs=pairs, max_duplicate_pairs=-1)
+        check_fold_files(tmp_path, train, duplicate_pairs=pairs, max_duplicate_pairs=-1)
     # papermill -r passes text: "None" reports only, "0" is a limit
-    assert split.duplicate_pairs_per_fold(pairs, folds, "None").equals(per_fold.reset_index())
+    assert duplicate_pairs_per_fold(pairs, folds, "None").equals(per_fold.reset_index())
     with pytest.raises(CocoError, match="more than max_duplicate_pairs=0"):
-        split.duplicate_pairs_per_fold(pairs, folds, "0")
+        duplicate_pairs_per_fold(pairs, folds, "0")
 
 
 # --- atomic fold sets --------------------------------------------------------------------------
@@ -351,7 +364,7 @@ def test_concurrent_splits_into_one_folder_leave_one_consistent_split(sample_roo
         thread.join()
     assert not errors
     coco = load_coco(sample_root / "train_all.json")
-    check = split.check_fold_files(out, coco)
+    check = check_fold_files(out, coco)
     assert check["ok"].all() and check["val_images"].sum() == len(coco.images)
     # the folder is exactly one of the two splits, fold files and folds.csv alike
     candidates = {}
@@ -367,14 +380,14 @@ def test_concurrent_splits_into_one_folder_leave_one_consistent_split(sample_roo
 def test_failed_write_leaves_the_previous_set(train, tmp_path, monkeypatch):
     import errno
 
-    from segkit.errors import SegkitError
+    from segkit.core.errors import SegkitError
 
     out = tmp_path / "splits"
     before = {p.name: p.read_bytes()
-              for p in split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)}
+              for p in write_folds(train, split.make_folds(train, TRASH, 3, 1), out)}
     (out / "fold_report.csv").write_text("kept\n")
     calls = []
-    real_write_coco = fold_sets.write_coco
+    real_write_coco = write_coco
 
     def full_disk(data, path):  # the disk fills up at the third file
         calls.append(path)
@@ -385,7 +398,7 @@ def test_failed_write_leaves_the_previous_set(train, tmp_path, monkeypatch):
     monkeypatch.setattr(fold_sets, "write_coco", full_disk)
     with pytest.raises(SegkitError, match=r"cannot write the folds to .*splits: No space left on "
                                           r"device .*; the folder was left as it was"):
-        split.write_folds(train, split.make_folds(train, TRASH, 4, 2), out)
+        write_folds(train, split.make_folds(train, TRASH, 4, 2), out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "fold_report.csv"}
     assert after == before
     assert (out / "fold_report.csv").read_text() == "kept\n"
@@ -397,26 +410,29 @@ def test_reports_beside_the_folds_survive_a_new_split(train, tmp_path, monkeypat
     if not exchange:  # systems without an atomic exchange: two renames under the lock
         monkeypatch.setattr(fold_sets, "_exchange", lambda a, b: False)
     out = tmp_path / "splits"
-    split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)
+    write_folds(train, split.make_folds(train, TRASH, 3, 1), out)
     (out / "fold_report.csv").write_text("report\n")
     (out / "figures").mkdir()
     (out / "figures" / "a.png").write_bytes(b"png")
-    split.write_folds(train, split.make_folds(train, TRASH, 3, 2), out)
+    write_folds(train, split.make_folds(train, TRASH, 3, 2), out)
     assert (out / "fold_report.csv").read_text() == "report\n"
     assert (out / "figures" / "a.png").read_bytes() == b"png"
-    assert split.check_fold_files(out, train)["ok"].all()
+    assert check_fold_files(out, train)["ok"].all()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".splits.lock", "splits"]
 
 
 def test_unwritable_output_is_one_clear_error(train, tmp_path):
     import os
 
-    from segkit.errors import SegkitError
+    from segkit.core.errors import SegkitError
+    from segkit.folds import (
+        write_folds,
+    )
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(SegkitError, match=r"cannot write the folds to .*file: it is a file"):
-        split.write_folds(train, split.make_folds(train, TRASH, 3, 1), blocker)
+        write_folds(train, split.make_folds(train, TRASH, 3, 1), blocker)
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o555)
@@ -425,7 +441,7 @@ def test_unwritable_output_is_one_clear_error(train, tmp_path):
             pytest.skip("running as root: permissions do not stop writes")
         with pytest.raises(SegkitError, match=r"cannot write the folds to .*ro: the folder is "
                                               r"read-only"):
-            split.write_folds(train, split.make_folds(train, TRASH, 3, 1), out)
+            write_folds(train, split.make_folds(train, TRASH, 3, 1), out)
         assert list(out.iterdir()) == []
     finally:
         out.chmod(0o755)
@@ -437,7 +453,7 @@ def test_cli_split_group_by(sample_root, tmp_path, capsys):
     assert main(["split", str(path), "--out", str(out), "--n-splits", "3",
                  "--group-by", "field:video_id"]) == 0
     assert "grouped by field:video_id" in capsys.readouterr().out
-    assert split.check_fold_files(out, group_by="field:video_id")["ok"].all()
+    assert check_fold_files(out, group_by="field:video_id")["ok"].all()
     assert main(["split", str(path), "--out", str(tmp_path / "x"), "--n-splits", "3",
                  "--group-by", "regex:("]) == 2
     err = capsys.readouterr().err

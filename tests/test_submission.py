@@ -1,20 +1,15 @@
-"""segkit.submission: the CSV written byte-exactly, read back, and every bad input named."""
+"""segkit.submission.files: the CSV written byte-exactly, read back, and every bad input named."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from segkit.__main__ import main
-from segkit.errors import ParameterError, SubmissionError
-from segkit.submission import (
-    HEADER,
-    iter_submission,
-    read_submission,
-    submission_writer,
-    validate_submission,
-    write_submission,
-)
+from segkit.core.errors import ParameterError, SubmissionError
+from segkit.flow.cli import main
+from segkit.submission.codec import HEADER
+from segkit.submission.files import submission_writer, validate_submission, write_submission
+from segkit.submission.reader import iter_submission, read_submission
 from tests.conftest import write_json
 
 SIZE = (8, 8)
@@ -354,7 +349,7 @@ def test_no_final_newline_reads_the_same(tmp_path, test_json):
 
 
 def test_hard_vote_accepts_an_input_without_final_newline(tmp_path):
-    from segkit.vote import hard_vote
+    from segkit.submission.vote import hard_vote
 
     maps = random_maps(3)
     a = write_submission(tmp_path / "a.csv", NAMES, maps, size=SIZE)

@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-import segkit.train as train_mod
-from segkit import compat
-from segkit.classes import TRASH
-from segkit.coco import load_coco
-from segkit.errors import ParameterError
-from segkit.metrics import confusion_matrix, miou
-from segkit.runs import Run, read_scalars
-from segkit.train import build_config, run
-from segkit.train_parameters import LOSSES
+import segkit.train.training as train_mod
+from segkit.coco.files import load_coco
+from segkit.core.classes import TRASH
+from segkit.core.errors import ParameterError
+from segkit.core.metrics import confusion_matrix, miou
+from segkit.recipe.parameters import LOSSES
+from segkit.results.runs import Run, read_scalars
+from segkit.train import compat
+from segkit.train.training import build_config, run
 from tests.conftest import tiny_train_params
 
 
 def _all_background_miou(sample_root):
-    from segkit.coco import label_map
+    from segkit.coco.files import label_map
 
     coco = load_coco(sample_root / "val.json")
     cm = sum(confusion_matrix(np.zeros((96, 96), np.uint8), label_map(coco, img, TRASH), 11)
@@ -109,8 +109,8 @@ def test_param_groups_are_merged_without_changing_any_parameters_options(sample_
 
 
 def test_balanced_class_weights_favour_rare_classes(sample_root):
-    from segkit.eda import pixel_counts
-    from segkit.losses import balanced_class_weights
+    from segkit.coco.pixels import pixel_counts
+    from segkit.train.losses import balanced_class_weights
 
     weights = np.array(balanced_class_weights(sample_root / "train.json", TRASH))
     pixels = pixel_counts(load_coco(sample_root / "train.json"), TRASH).sum()
@@ -287,7 +287,7 @@ def test_checkpoints_are_written_aside_and_renamed(sample_root, tmp_path, monkey
 def test_every_image_is_checked_before_the_first_iteration(sample_root, tmp_path):
     import shutil
 
-    from segkit.errors import CocoError
+    from segkit.core.errors import CocoError
 
     data = tmp_path / "data"
     shutil.copytree(sample_root, data)
@@ -302,8 +302,8 @@ def test_every_image_is_checked_before_the_first_iteration(sample_root, tmp_path
 
 
 def test_train_val_files_must_share_categories(sample_root, tmp_path):
-    from segkit.coco import write_coco
-    from segkit.errors import CocoError
+    from segkit.coco.files import write_coco
+    from segkit.core.errors import CocoError
 
     val = load_coco(sample_root / "val.json").to_dict()
     val["categories"] = [dict(c, name="Paper pack" if c["name"] == "Paper" else c["name"])

@@ -12,9 +12,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from segkit import viz  # noqa: E402
-from segkit.classes import TRASH  # noqa: E402
-from segkit.coco import load_coco  # noqa: E402
-from segkit.errors import ParameterError  # noqa: E402
+from segkit.coco.files import load_coco  # noqa: E402
+from segkit.core.classes import TRASH  # noqa: E402
+from segkit.core.errors import ParameterError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +110,18 @@ def test_save_figure_writes_a_png(tmp_path):
     path = viz.save_figure(fig, tmp_path / "deep" / "g.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["g.png"]
+
+
+def test_plot_leaderboard_names_each_submission():
+    import pandas as pd
+
+    from segkit.core.errors import ParameterError
+    from segkit.viz import plot_leaderboard
+
+    table = pd.DataFrame({"local": [0.70, 0.72], "leaderboard": [0.69, 0.73],
+                          "note": ["fold 0", ""], "submission": ["a/x.csv", "b/y.csv"]})
+    ax = plot_leaderboard(table)
+    assert [t.get_text() for t in ax.texts] == ["fold 0", "y.csv"]
+    assert ax.get_ylabel() == "public leaderboard mIoU"
+    with pytest.raises(ParameterError, match="no leaderboard scores"):
+        plot_leaderboard(table.iloc[:0])

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from segkit.coco import load_coco
-from segkit.paths import outputs_dir
-from segkit.runs import Run
-from segkit.split import split_file
-from segkit.train import run
+from segkit.coco.files import load_coco
+from segkit.core.paths import outputs_dir
+from segkit.folds.split import split_file
+from segkit.results.runs import Run
+from segkit.train.training import run
 
 SCHEMES = {
     "image": dict(n_splits=5, group_by=None),

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 
-from segkit.classes import ClassTable
-from segkit.coco import load_coco
-from segkit.ensemble import score_ensembles, truth_at_size
-from segkit.predict import predict_run
-from segkit.runs import Run, common_validation
+from segkit.coco.files import load_coco
+from segkit.core.classes import ClassTable
+from segkit.predict.ensemble import score_ensembles, truth_at_size
+from segkit.predict.options import PredictOptions
+from segkit.predict.writing import predict_run
+from segkit.results.runs import Run, common_validation
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
     _, val_json = common_validation(runs)
     coco = load_coco(val_json)
     classes = ClassTable.for_coco(coco.categories)
-    folders = [predict_run(run, "val", val_json, args.data_root, flips=["h"]) for run in runs]
+    folders = [predict_run(run, "val", PredictOptions(flips=["h"]), coco_file=val_json,
+                           data_root=args.data_root) for run in runs]
     truth = truth_at_size(coco, classes, folders[0].size)
     # an equal-weight soft vote of the named members: weight 1 for them, 0 for the others
     soft = {e.replace("+", " + "): [float(name in e.split("+")) for name in args.runs]

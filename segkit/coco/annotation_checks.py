@@ -1,6 +1,6 @@
 """The numbers inside COCO annotations, checked in bulk: polygons, RLE, bbox, area, iscrowd.
 
-`segkit.coco_checks.validate` walks the annotations once and hands each one's segmentation and
+`segkit.coco.checks.validate` walks the annotations once and hands each one's segmentation and
 extra fields to the batches here (`PolygonChecks`, `RleChecks`, `ExtraChecks`); each batch
 then checks everything it collected in one numpy pass (one over all polygon coordinates, one
 over all RLE strings, one over all boxes and areas), so a 3,300-image file validates in a
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segkit.rle import rle_string_problems
+from segkit.coco.rle import rle_string_problems
 
 # A polygon point farther outside the image than this (pixels) is an error; nearer is clipped
 # by the rasteriser and counted as a warning (annotation tools often overshoot by a pixel).

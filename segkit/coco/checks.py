@@ -1,7 +1,7 @@
 """Validation of a parsed COCO file: every problem named by the file and the entry, before any work.
 
 `validate(data, source)` is the one validation that check-coco, split, EDA and training share
-(through `segkit.coco.load_coco` / `check_coco`). It returns (problems, warnings); a problem
+(through `segkit.coco.files.load_coco` / `check_coco`). It returns (problems, warnings); a problem
 makes the file unusable, a warning is worth knowing. What it checks (README, "Bad input"):
 
 - types: ids are integers (not booleans), width/height positive integers of sane size,
@@ -15,7 +15,7 @@ makes the file unusable, a warning is worth knowing. What it checks (README, "Ba
   not truncated, no negative run, runs adding up to height x width;
 - `bbox` (4 finite numbers, no negative size), `area` (finite, >= 0), `iscrowd` (0 or 1).
 
-Numbers are checked in bulk (`segkit.annotation_checks`: one numpy pass over all polygon
+Numbers are checked in bulk (`segkit.coco.annotation_checks`: one numpy pass over all polygon
 coordinates and one over all RLE strings), so a 3,300-image file validates in a fraction of a
 second.
 """
@@ -25,15 +25,14 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath, PureWindowsPath
 
-from segkit.annotation_checks import (  # noqa: F401  (OFF_IMAGE_TOLERANCE: read from here too)
-    OFF_IMAGE_TOLERANCE,
+from segkit.coco.annotation_checks import (
     ExtraChecks,
     PolygonChecks,
     RleChecks,
     annotation_where,
     show_value,
 )
-from segkit.classes import TRASH, ClassTable
+from segkit.core.classes import TRASH, ClassTable
 
 MAX_IMAGE_SIDE = 32768            # larger widths/heights are typos (a label map would not fit)
 MAX_IMAGE_PIXELS = 1 << 28        # 268 M pixels

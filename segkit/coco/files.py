@@ -5,10 +5,10 @@ largest annotation first (a small object lying on a large one stays visible), de
 pycocotools and cached on disk keyed by the annotation file's content, so a second pass is a read.
 
 Example:
-    >>> coco = load_coco("data/train_all.json")                  # doctest: +SKIP
-    >>> classes = ClassTable.for_coco(coco.categories)           # doctest: +SKIP
-    >>> label = label_map(coco, coco.images[0], classes)         # doctest: +SKIP
-    >>> paths = cached_label_maps(coco, classes)                 # doctest: +SKIP
+    coco = load_coco("data/train_all.json")
+    classes = ClassTable.for_coco(coco.categories)
+    label = label_map(coco, coco.images[0], classes)
+    paths = cached_label_maps(coco, classes)
 """
 
 from __future__ import annotations
@@ -25,16 +25,11 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from segkit.classes import ClassTable
-from segkit.coco_checks import (  # noqa: F401  (validate and the tolerance live there)
-    OFF_IMAGE_TOLERANCE,
-    category_name_problems,
-    file_name_problem,
-    validate,
-)
-from segkit.errors import CocoError
-from segkit.paths import atomic_path, outputs_dir, write_text_atomic
-from segkit.rle import decode_rle_counts as _decode_counts
+from segkit.coco.checks import validate
+from segkit.coco.rle import decode_rle_counts as _decode_counts
+from segkit.core.classes import ClassTable
+from segkit.core.errors import CocoError
+from segkit.core.paths import atomic_path, outputs_dir, write_text_atomic
 
 
 @dataclass
@@ -94,7 +89,7 @@ def load_coco(path: str | os.PathLike, *, require_annotations: bool = False,
     `classes`: the class table every category name must belong to.
 
     Example:
-        >>> train = load_coco("data/train.json", require_annotations=True)  # doctest: +SKIP
+        train = load_coco("data/train.json", require_annotations=True)
     """
     path = Path(path)
     data, raw = read_json(path)
@@ -119,9 +114,9 @@ def check_same_categories(files: Iterable[str | os.PathLike | Coco]) -> list[dic
     category is ignored (it is class 0 either way). Returns the first file's categories.
 
     Example:
-        >>> check_same_categories(["fold0_train.json", "fold0_val.json", "test.json"])  # doctest: +SKIP
+        check_same_categories(["fold0_train.json", "fold0_val.json", "test.json"])
     """
-    from segkit.classes import BACKGROUND
+    from segkit.core.classes import BACKGROUND
 
     reference = None
     for item in files:
@@ -167,7 +162,7 @@ def rasterize(segmentations: list, class_indices: Iterable[int], height: int, wi
 
     Example:
         >>> square = [[1, 1, 5, 1, 5, 5, 1, 5]]
-        >>> rasterize([square], [3], 8, 8)[3, 3]
+        >>> int(rasterize([square], [3], 8, 8)[3, 3])
         3
     """
     classes = np.asarray(list(class_indices), np.int64)
@@ -326,7 +321,7 @@ def check_image_files(coco: Coco, data_root: str | os.PathLike, limit: int = 5) 
     iteration rather than hours into a run.
 
     Example:
-        >>> check_image_files(load_coco("data/train.json"), "data")     # doctest: +SKIP
+        check_image_files(load_coco("data/train.json"), "data")
     """
     problems = check_images(coco, data_root)
     if problems:

@@ -1,26 +1,20 @@
-"""TODO docstring"""
+"""Pixels per class and image: from the cached label maps, or counted on run-length encodings
+without rasterising whole images.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
 import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
-from segkit.classes import BACKGROUND, ClassTable
-from segkit.coco import (
+
+from segkit.coco.files import (
     Coco,
     _compressed_rle,
     cached_label_maps,
-    image_path,
-    read_json,
     read_label,
-    validate,
 )
-from segkit.errors import CocoError, ParameterError
-from segkit.paths import write_text_atomic
+from segkit.core.classes import ClassTable
 
 
 def pixel_counts(coco: Coco, classes: ClassTable, cache: bool = True) -> pd.DataFrame:
@@ -29,9 +23,9 @@ def pixel_counts(coco: Coco, classes: ClassTable, cache: bool = True) -> pd.Data
     `cache=True` reads (and on first use writes) the cached label maps; `cache=False` counts
     on run-length encodings (same numbers, nothing written).
 
-    Example:
-        >>> pixels = pixel_counts(coco, TRASH)
-        >>> pixels.sum() / pixels.values.sum()          # pixel share of each class
+    Example (the pixel share of each class):
+        pixels = pixel_counts(coco, TRASH)
+        pixels.sum() / pixels.values.sum()
     """
     n = len(classes)
     counts = np.zeros((len(coco.images), n), np.int64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from segkit.errors import ParameterError
+from segkit.core.errors import ParameterError
 
 
 def check_choice(name: str, value, allowed: Iterable):

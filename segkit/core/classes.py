@@ -4,7 +4,7 @@ Index 0 is always Background (every unannotated pixel). Categories map to indice
 *name*, never by id alone, so files whose ids differ still line up.
 
 Example:
-    >>> from segkit.classes import TRASH
+    >>> from segkit.core.classes import TRASH
     >>> TRASH.names[9], TRASH.palette[9]
     ('Battery', (64, 64, 128))
     >>> TRASH.category_to_index([{"id": 7, "name": "Metal"}])
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segkit.errors import CocoError, ParameterError
+from segkit.core.errors import CocoError, ParameterError
 
 BACKGROUND = "Background"
 IGNORE_INDEX = 255

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segkit.classes import IGNORE_INDEX
+from segkit.core.classes import IGNORE_INDEX
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int,
@@ -35,9 +35,9 @@ class ConfusionMatrix:
     """Accumulates a confusion matrix over images.
 
     Example:
-        >>> cm = ConfusionMatrix(11)
-        >>> cm.update(pred, truth)          # doctest: +SKIP
-        >>> cm.miou()                       # doctest: +SKIP
+        cm = ConfusionMatrix(11)
+        cm.update(pred, truth)
+        cm.miou()
     """
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):

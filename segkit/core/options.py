@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from segkit.errors import ParameterError
+from segkit.core.errors import ParameterError
 
 
 def _number(name: str, text, item) -> float:

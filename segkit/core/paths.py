@@ -9,7 +9,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def outputs_dir() -> Path:
@@ -55,8 +55,8 @@ def atomic_folder(path: str | os.PathLike):
     removed. Readers see the old folder or the new one, never a half-written one.
 
     Example:
-        >>> with atomic_folder("outputs/pseudo/t09") as building:          # doctest: +SKIP
-        ...     (building / "meta.json").write_text("{}")
+        with atomic_folder("outputs/pseudo/t09") as building:
+            (building / "meta.json").write_text("{}")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def read_json_file(path: str | os.PathLike, missing: str) -> dict:
     SegkitError(`missing`), a malformed one a SegkitError naming the file."""
     import json
 
-    from segkit.errors import SegkitError
+    from segkit.core.errors import SegkitError
 
     path = Path(path)
     try:
@@ -115,7 +115,7 @@ def read_json_file(path: str | os.PathLike, missing: str) -> dict:
         raise SegkitError(f"{path}: not valid JSON ({exc})") from None
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+def write_table(df, path: str | os.PathLike) -> Path:
     """Write a table as CSV atomically (same table, same bytes)."""
     path = Path(path)
     write_text_atomic(path, df.to_csv(lineterminator="\n", float_format="%.6g"))

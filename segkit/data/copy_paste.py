@@ -26,10 +26,10 @@ are only read; same inputs and seed give the same bytes; the folder appears comp
 at all (it is built aside and renamed into place).
 
 Example:
-    >>> train = load_coco("outputs/splits/fold0_train.json")               # doctest: +SKIP
-    >>> result = copy_paste(train, "data", name="fold0", images_per_class={"Battery": 50,
-    ...                     "Clothing": 100}, seed=0)                       # doctest: +SKIP
-    >>> result.coco_file, result.data_root                                 # doctest: +SKIP
+    train = load_coco("outputs/splits/fold0_train.json")
+    result = copy_paste(train, "data", name="fold0", images_per_class={"Battery": 50,
+                        "Clothing": 100}, seed=0)
+    result.coco_file, result.data_root
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
-from segkit.classes import BACKGROUND, ClassTable
-from segkit.coco import Coco, load_coco, read_image, write_coco
-from segkit.errors import ParameterError
-from segkit.paths import atomic_folder, outputs_dir, write_bytes_atomic, write_text_atomic
-from segkit.visible_masks import owner_map, visible_areas, visible_mask
+from segkit.coco.files import Coco, read_image, write_coco
+from segkit.core.classes import BACKGROUND, ClassTable
+from segkit.core.errors import ParameterError
+from segkit.core.paths import atomic_folder, outputs_dir, write_bytes_atomic, write_text_atomic
+from segkit.data.visible_masks import owner_map, visible_areas, visible_mask
 
 DEFAULT_CLASSES = ("Battery", "Clothing")
 MIN_INSTANCE_PIXELS = 16  # smaller visible remnants are slivers, not objects worth pasting
@@ -210,10 +210,10 @@ def copy_paste(coco: Coco, data_root: str | os.PathLike, name: str = "default",
     `outputs/copy_paste`. Every parameter is checked before anything is written.
 
     Example:
-        >>> result = copy_paste(train, "data", classes=["Clothing"], images_per_class=100)
-        ...                                                               # doctest: +SKIP
+        result = copy_paste(train, "data", classes=["Clothing"], images_per_class=100)
     """
-    from segkit.eda import background_share, pixel_counts
+    from segkit.coco.pixels import pixel_counts
+    from segkit.data.eda import background_share
 
     table = ClassTable.for_coco(coco.categories)
     counts = _check_parameters(classes, images_per_class, objects_per_image, scale_range,
@@ -367,9 +367,9 @@ def class_counts(before: Coco, generated: Coco, classes: ClassTable) -> pd.DataF
     both together (what training sees when it lists them side by side).
 
     Example:
-        >>> class_counts(train, load_coco(result.coco_file), TRASH)       # doctest: +SKIP
+        class_counts(train, load_coco(result.coco_file), TRASH)
     """
-    from segkit.eda import pixel_counts
+    from segkit.coco.pixels import pixel_counts
 
     def annotations(coco):
         mapping = classes.category_to_index(coco.categories, str(coco.path))

@@ -1,5 +1,5 @@
 """What is in the data: per-class statistics as pandas tables (near-duplicate images:
-`segkit.near_duplicates`).
+`segkit.data.near_duplicates`).
 
 Two tables carry everything, and every other table is derived from them:
 
@@ -7,7 +7,7 @@ Two tables carry everything, and every other table is derived from them:
   The area is the annotation's own mask, before any other object covers part of it.
 * `pixel_counts(coco, classes)`: one row per image, one column per class, the pixels of each
   class in the image's label map (largest annotation painted first, the segkit rule). With
-  `cache=True` the label maps come from `segkit.coco.cached_label_maps` (rasterised once, then
+  `cache=True` the label maps come from `segkit.coco.files.cached_label_maps` (rasterised once, then
   read); with `cache=False` the same counts are computed on run-length encodings without
   making any map, which keeps huge photos (TACO's 2448x3264) cheap in time and disk. No image
   file is read either way: statistics work on annotation files whose images are absent.
@@ -15,10 +15,10 @@ Two tables carry everything, and every other table is derived from them:
 Sizes follow the COCO buckets: small < 32x32 px, medium < 96x96 px, large otherwise.
 
 Example:
-    >>> coco = load_for_statistics("data/train_all.json")            # doctest: +SKIP
-    >>> classes = ClassTable.for_coco(coco.categories)              # doctest: +SKIP
-    >>> sizes, pixels = object_sizes(coco, classes), pixel_counts(coco, classes)  # doctest: +SKIP
-    >>> class_summary(sizes, pixels, classes)                       # doctest: +SKIP
+    coco = load_for_statistics("data/train_all.json")
+    classes = ClassTable.for_coco(coco.categories)
+    sizes, pixels = object_sizes(coco, classes), pixel_counts(coco, classes)
+    class_summary(sizes, pixels, classes)
 """
 
 from __future__ import annotations
@@ -32,18 +32,15 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
-from segkit.classes import BACKGROUND, ClassTable
-from segkit.coco import (
+from segkit.coco.checks import validate
+from segkit.coco.files import (
     Coco,
     _compressed_rle,
-    cached_label_maps,
     image_path,
     read_json,
-    read_label,
-    validate,
 )
-from segkit.errors import CocoError, ParameterError
-from segkit.paths import write_text_atomic
+from segkit.core.classes import BACKGROUND, ClassTable
+from segkit.core.errors import CocoError, ParameterError
 
 SMALL_AREA = 32 * 32
 MEDIUM_AREA = 96 * 96
@@ -59,8 +56,8 @@ def load_for_statistics(path: str | os.PathLike) -> Coco:
     raises a CocoError as `load_coco` does. The file itself is never changed.
 
     Example:
-        >>> coco = load_for_statistics("taco/annotations.json")     # doctest: +SKIP
-        >>> [w for w in coco.warnings if "renumbered" in w]         # doctest: +SKIP
+        coco = load_for_statistics("taco/annotations.json")
+        [w for w in coco.warnings if "renumbered" in w]
     """
     path = Path(path)
     data, raw = read_json(path)
@@ -109,7 +106,7 @@ def object_sizes(coco: Coco, classes: ClassTable) -> pd.DataFrame:
     area_fraction (of the image) and size ('small' / 'medium' / 'large').
 
     Example:
-        >>> object_sizes(coco, TRASH).groupby("class")["area"].median()   # doctest: +SKIP
+        object_sizes(coco, TRASH).groupby("class")["area"].median()
     """
     mapping = classes.category_to_index(coco.categories, str(coco.path))
     rows = []
@@ -133,8 +130,7 @@ def class_summary(sizes: pd.DataFrame, pixels: pd.DataFrame, classes: ClassTable
     annotations per size bucket and the median object area. Background has pixels only.
 
     Example:
-        >>> class_summary(object_sizes(coco, TRASH), pixel_counts(coco, TRASH), TRASH)
-        ...                                                        # doctest: +SKIP
+        class_summary(object_sizes(coco, TRASH), pixel_counts(coco, TRASH), TRASH)
     """
     names = list(classes.names)
     table = pd.DataFrame(index=pd.Index(names, name="class"))
@@ -160,7 +156,7 @@ def cooccurrence(sizes: pd.DataFrame, classes: ClassTable, normalize: bool = Fal
     With `normalize`, row i holds P(column class present | row class present).
 
     Example:
-        >>> sns.heatmap(cooccurrence(sizes, TRASH, normalize=True))   # doctest: +SKIP
+        sns.heatmap(cooccurrence(sizes, TRASH, normalize=True))
     """
     names = [n for n in classes.names if n != BACKGROUND]
     presence = (pd.crosstab(sizes["image_id"], sizes["class"]) > 0)
@@ -179,7 +175,7 @@ def background_share(pixels: pd.DataFrame) -> pd.Series:
     """Share of Background pixels per image, highest first (ties: lower image id first).
 
     Example:
-        >>> background_share(pixel_counts(coco, TRASH)).head(10)   # doctest: +SKIP
+        background_share(pixel_counts(coco, TRASH)).head(10)
     """
     totals = pixels.sum(axis=1)
     share = (pixels[BACKGROUND] / totals.where(totals > 0)).fillna(0.0).rename("background_share")
@@ -193,7 +189,7 @@ def background_table(pixels: pd.DataFrame, coco: Coco, top: int = 10) -> pd.Data
     of `background_share`.
 
     Example:
-        >>> background_table(pixel_counts(coco, TRASH), coco, top=10)    # doctest: +SKIP
+        background_table(pixel_counts(coco, TRASH), coco, top=10)
     """
     if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 0:
         raise ParameterError(f"top must be a non-negative integer, got {top!r}")

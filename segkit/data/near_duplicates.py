@@ -20,10 +20,10 @@ train / val boundary (and refuse the split above a limit: `split.check_fold_file
 Same images, same pairs, same bytes. At most `processes` (default 2) worker processes.
 
 Example:
-    >>> coco = load_coco("data/train_all.json")                               # doctest: +SKIP
-    >>> hashes = hash_images(coco, "data")                                    # doctest: +SKIP
-    >>> pairs = find_pairs(hashes, threshold=10)                             # doctest: +SKIP
-    >>> clusters(pairs).head()                                                # doctest: +SKIP
+    coco = load_coco("data/train_all.json")
+    hashes = hash_images(coco, "data")
+    pairs = find_pairs(hashes, threshold=10)
+    clusters(pairs).head()
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit.coco import Coco, image_path
-from segkit.errors import CocoError, ParameterError
-from segkit.paths import outputs_dir, write_text_atomic
+from segkit.coco.files import Coco, image_path
+from segkit.core.errors import CocoError, ParameterError
+from segkit.core.paths import outputs_dir, write_text_atomic
 
 DEFAULT_THRESHOLD = 10
 HASH_BITS = 64
@@ -99,7 +99,7 @@ def hash_images(coco: Coco, data_root: str | os.PathLike, image_ids=None, cache:
     `cache` reuses (and updates) the hashes of files whose path, size and mtime are unchanged.
 
     Example:
-        >>> hash_images(coco, "data").head()                              # doctest: +SKIP
+        hash_images(coco, "data").head()
     """
     if not isinstance(processes, (int, np.integer)) or isinstance(processes, bool) or processes < 1:
         raise ParameterError(f"processes must be a positive integer, got {processes!r}")
@@ -168,7 +168,7 @@ def find_pairs(hashes: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD) -> pd.D
     rows XOR all later rows, popcount, in numpy.
 
     Example:
-        >>> find_pairs(hash_images(coco, "data"), threshold=8)            # doctest: +SKIP
+        find_pairs(hash_images(coco, "data"), threshold=8)
     """
     threshold = _check_threshold(threshold)
     p = hashes["phash"].to_numpy(np.uint64)
@@ -206,7 +206,7 @@ def clusters(pairs: pd.DataFrame) -> pd.DataFrame:
     file_name, size (images in the cluster).
 
     Example:
-        >>> clusters(find_pairs(hashes)).groupby("cluster").size()       # doctest: +SKIP
+        clusters(find_pairs(hashes)).groupby("cluster").size()
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -253,7 +253,7 @@ def plot_clusters(data_root: str | os.PathLike, coco: Coco, cluster_table: pd.Da
     `max_per_cluster` images each, titled with the file names. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    from segkit.coco import read_image
+    from segkit.coco.files import read_image
 
     shown = [c for c in sorted(cluster_table["cluster"].unique())][:max_clusters]
     if not shown:

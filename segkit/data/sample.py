@@ -8,8 +8,8 @@ few minutes on a CPU; Battery and Clothing are rare, as in the real data. Layout
     root/train_all.json  train.json  val.json  test.json  (polygons; test has no annotations)
 
 Example:
-    >>> from segkit.sample import make_sample
-    >>> root = make_sample("outputs/sample", n_train=40, n_test=10, size=256)   # doctest: +SKIP
+    from segkit.data.sample import make_sample
+    root = make_sample("outputs/sample", n_train=40, n_test=10, size=256)
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segkit.classes import TRASH
-from segkit.coco import write_coco
-from segkit.errors import ParameterError
-from segkit.paths import atomic_path, outputs_dir
+from segkit.coco.files import write_coco
+from segkit.core.classes import TRASH
+from segkit.core.errors import ParameterError
+from segkit.core.paths import atomic_path, outputs_dir
 
 BATCHES = ("batch_01_vt", "batch_02_vt", "batch_03")
 # How often each class (1..10) is drawn: Battery and Clothing rare, as in the real data.
@@ -232,7 +232,7 @@ def make_sample(root: str | os.PathLike, n_train: int = 80, n_test: int = 20, si
                root / "val.json")
     write_coco(coco(test_images, []), root / "test.json")
     (root / "README.txt").write_text(
-        "Synthetic sample made by segkit.sample.make_sample: not real photos.\n"
+        "Synthetic sample made by segkit.data.sample.make_sample: not real photos.\n"
         + json.dumps({"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}) + "\n")
     return root
 
@@ -250,7 +250,7 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     """A notebook's `data_root` parameter: empty means the embedded synthetic sample."""
     if not data_root:
         return default_sample_root()
-    from segkit.paths import resolve_output_path
+    from segkit.core.paths import resolve_output_path
 
     root = resolve_output_path(data_root)  # the same folder from notebooks/ as from the root
     if not root.is_dir():

@@ -5,9 +5,8 @@ Used by copy-paste (which instances are worth cutting out, what a pasted object 
 computed on run-length encodings where a full HxW mask per annotation is not needed.
 
 Example:
-    >>> owner, masks = owner_map(anns, image["height"], image["width"])  # doctest: +SKIP
-    >>> (owner == 3).sum() == visible_areas(anns, image["height"], image["width"])[3]
-    ...                                                                   # doctest: +SKIP
+    owner, masks = owner_map(anns, image["height"], image["width"])
+    (owner == 3).sum() == visible_areas(anns, image["height"], image["width"])[3]
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import warnings
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from segkit.coco import _compressed_rle, rasterize
+from segkit.coco.files import _compressed_rle, rasterize
 
 
 def _rles(annotations: list[dict], height: int, width: int) -> list[dict]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segkit.errors import ParameterError, SegkitError
+from segkit.core.errors import ParameterError, SegkitError
 
 
 def _cmd_sample(args) -> int:
-    from segkit.sample import make_sample
+    from segkit.data.sample import make_sample
 
     root = make_sample(args.dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
                        seed=args.seed)
@@ -21,7 +21,7 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_check_coco(args) -> int:
-    from segkit.coco import check_coco
+    from segkit.coco.files import check_coco
 
     problems, warnings = check_coco(args.file, args.data_root,
                                     allow_outside_root=args.allow_outside_root)
@@ -34,7 +34,7 @@ def _cmd_check_coco(args) -> int:
 
 
 def _cmd_check_submission(args) -> int:
-    from segkit.submission import validate_submission
+    from segkit.submission.files import validate_submission
 
     problems = validate_submission(args.csv, args.test_json, args.num_classes, tuple(args.size))
     for p in problems:
@@ -47,8 +47,8 @@ def _cmd_check_submission(args) -> int:
 
 
 def _cmd_ensemble(args) -> int:
-    from segkit.ensemble import write_ensemble_submission
-    from segkit.vote import hard_vote
+    from segkit.predict.ensemble import write_ensemble_submission
+    from segkit.submission.vote import hard_vote
 
     # `--weights 1 2 a.csv b.csv`: the numbers are weights, the rest inputs.
     weights, inputs = None, list(args.inputs)
@@ -71,7 +71,7 @@ def _cmd_ensemble(args) -> int:
 
 
 def _cmd_split(args) -> int:
-    from segkit.split import split_file
+    from segkit.folds.split import split_file
 
     written = split_file(args.file, args.out, n_splits=args.n_splits, seed=args.seed, by=args.by,
                          group_by=args.group_by)
@@ -84,8 +84,8 @@ def _cmd_split(args) -> int:
 def _cmd_duplicates(args) -> int:
     from pathlib import Path
 
-    from segkit.coco import load_coco
-    from segkit.near_duplicates import clusters, near_duplicates
+    from segkit.coco.files import load_coco
+    from segkit.data.near_duplicates import clusters, near_duplicates
 
     coco = load_coco(args.file)
     root = Path(args.data_root) if args.data_root else coco.path.parent
@@ -100,8 +100,8 @@ def _cmd_duplicates(args) -> int:
 
 
 def _cmd_copy_paste(args) -> int:
-    from segkit.coco import load_coco
-    from segkit.copy_paste import copy_paste
+    from segkit.coco.files import load_coco
+    from segkit.data.copy_paste import copy_paste
 
     # `--images-per-class 20` for every class, or `Battery=50 Clothing=100`
     counts: int | dict[str, int]
@@ -127,7 +127,7 @@ def parse_assignments(items: list[str]) -> dict:
     """`key=value` pairs with YAML values: `iters=800 augment=[flip] amp=true`."""
     import yaml
 
-    from segkit.errors import ParameterError
+    from segkit.core.errors import ParameterError
 
     params = {}
     for item in items:
@@ -139,7 +139,7 @@ def parse_assignments(items: list[str]) -> dict:
 
 
 def _cmd_train(args) -> int:
-    from segkit.train import run
+    from segkit.train.training import run
 
     result = run(**parse_assignments(args.params))  # every key checked before any work
     print(f"run folder: {result.work_dir}")
@@ -147,26 +147,44 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def predict_options(args):
+    """The PredictOptions of `segkit predict` / `segkit oof` arguments."""
+    from segkit.predict.options import PredictOptions
+
+    return PredictOptions(checkpoint=args.checkpoint,
+                          checkpoints=tuple(getattr(args, "checkpoints", ()) or ()),
+                          flips=tuple(args.flips), scales=tuple(args.scales),
+                          slide=args.slide, out_size=tuple(args.size),
+                          reduction=args.reduction, amp=args.amp)
+
+
 def _cmd_predict(args) -> int:
-    from segkit.predict import predict_test, predict_validation
-    from segkit.sample import resolve_data_root
+    from segkit.data.sample import resolve_data_root
+    from segkit.predict.ensemble_inputs import vote_checkpoints
+    from segkit.predict.writing import predict_and_score
 
     root = resolve_data_root(args.data_root) if args.data_root else None
-    options = dict(checkpoint=args.checkpoint, data_root=root, name=args.name, progress=True,
-                   flips=tuple(args.flips), scales=tuple(args.scales), out_size=tuple(args.size))
-    if "val" in args.splits:
-        folder, result = predict_validation(args.run, **options)
-        print(result.per_class.round(4).to_string())
-        print(f"validation mIoU {result.miou:.4f} on {len(result.per_image)} images; "
-              f"predictions in {folder.path}")
-    if "test" in args.splits:
-        folder = predict_test(args.run, test_file=args.test_file, **options)
-        print(f"submission: {folder.submission} (valid for {args.test_file})")
+    options = predict_options(args)
+    done = predict_and_score(args.run, options, args.splits, val_file=args.val_file,
+                             test_file=args.test_file, data_root=root, name=args.name,
+                             batch_size=args.batch_size, progress=True)
+    if done.evaluation is not None:
+        print(done.evaluation.per_class.round(4).to_string())
+        print(f"validation mIoU {done.evaluation.miou:.4f} on "
+              f"{len(done.evaluation.per_image)} images; predictions in {done.val.path}")
+    if done.test is not None:
+        print(f"submission: {done.submission} (valid for {args.test_file})"
+              + (f"; local score in {done.score_file}" if done.score_file else ""))
+    if options.checkpoints:
+        vote = vote_checkpoints(done.run, options, test_file=args.test_file, data_root=root,
+                                name=args.name)
+        print(vote.table.round(4).to_string())
+        print(f"submission of the checkpoint vote: {vote.submission}")
     return 0
 
 
 def _cmd_pipeline(args) -> int:
-    from segkit.pipeline import run_pipeline
+    from segkit.flow.pipeline import run_pipeline
 
     options = {k: v for k, v in (("partition", args.partition),
                                  ("gpus_per_job", args.gpus_per_job), ("time", args.time),
@@ -180,15 +198,15 @@ def _cmd_pipeline(args) -> int:
 
 
 def _cmd_oof(args) -> int:
-    from segkit.cv import out_of_fold
+    from segkit.predict.cv import out_of_fold
 
-    result = out_of_fold(args.runs, args.checkpoint, name=args.name, flips=tuple(args.flips))
+    result = out_of_fold(args.runs, predict_options(args), name=args.name)
     print(result.report())
     return 0
 
 
 def _cmd_lb(args) -> int:
-    from segkit.leaderboard import leaderboard_file, record_score
+    from segkit.submission.leaderboard import leaderboard_file, record_score
 
     entry = record_score(args.submission, args.score, args.note)
     print(f"recorded leaderboard score {entry['score']} of {entry['submission']} "
@@ -197,7 +215,7 @@ def _cmd_lb(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from segkit.pipeline import run_demo
+    from segkit.flow.pipeline import run_demo
 
     run_demo()
     return 0
@@ -282,7 +300,7 @@ def _data_commands(sub) -> None:
 
 
 def _model_commands(sub) -> None:
-    from segkit.train_parameters import help_text
+    from segkit.recipe.parameters import help_text
 
     p = _command(sub, "train", _cmd_train, "train a model from KEY=VALUE training parameters "
                  "(under torchrun for several GPUs)",
@@ -297,14 +315,30 @@ def _model_commands(sub) -> None:
                    help="what to predict")
     p.add_argument("--data-root", default=None, help="default: the data the run was trained on")
     p.add_argument("--test-file", default="test.json", help="relative to the data root")
+    p.add_argument("--val-file", default=None, help="default: the run's validation file")
+    p.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
+                   help="several checkpoints soft-voted too, e.g. best 400 500 (05's "
+                        "checkpoints; the vote's submission lands beside the run's)")
+    p.add_argument("--name", default="", help="outputs/predictions/NAME/ (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    _prediction_arguments(p)
+
+
+def _prediction_arguments(p) -> None:
+    """The options of segkit.predict.options.PredictOptions, as 05_predict names them."""
     p.add_argument("--checkpoint", default="best",
                    help="best | last | an iteration | a checkpoint file")
     p.add_argument("--flips", nargs="*", default=["h"], choices=["h", "v"],
                    help="flip TTA (none: --flips with no value)")
     p.add_argument("--scales", nargs="+", type=float, default=[1.0], help="TTA scale factors")
+    p.add_argument("--slide", type=int, nargs=2, default=None, metavar=("CROP", "STRIDE"),
+                   help="sliding-window inference (default: whole images)")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
-                   help="the submission's label map size")
-    p.add_argument("--name", default="", help="outputs/predictions/NAME/ (default: the run's)")
+                   help="the submission's label map size (05's out_size)")
+    p.add_argument("--reduction", default="probs", choices=["probs", "nearest", "max2x2"],
+                   help="full-size labels to the submission size: resize probabilities then "
+                        "argmax (probs), or shrink the label map")
+    p.add_argument("--amp", action="store_true", help="fp16 on GPU, bf16 on CPU")
 
 
 def _flow_commands(sub) -> None:
@@ -332,10 +366,8 @@ def _flow_commands(sub) -> None:
                  "mIoU, per-class IoU, per-fold mIoU with mean and std")
     p.add_argument("runs", nargs="+", help="the fold runs (folders or names under "
                                            "outputs/runs), one per fold of one split")
-    p.add_argument("--checkpoint", default="best", help="best | last | an iteration")
-    p.add_argument("--flips", nargs="*", default=["h"], choices=["h", "v"],
-                   help="flip TTA (none: --flips with no value)")
     p.add_argument("--name", default="", help="outputs/oof/NAME (default: the recipe's)")
+    _prediction_arguments(p)
 
     p = _command(sub, "lb", _cmd_lb, "record a public-leaderboard score beside a submission "
                  "(appended to outputs/leaderboard.jsonl)")

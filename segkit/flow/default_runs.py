@@ -1,17 +1,14 @@
-"""TODO docstring"""
+"""The runs a notebook works on when none is named: 04_train's default run of a fold, trained
+first (by executing 04_train) when it is not there yet, so 05-07 run top to bottom on their own.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-import numpy as np
-import pandas as pd
-from segkit.errors import ParameterError, SegkitError
-from segkit.paths import PROJECT_ROOT, outputs_dir, read_json_file, resolve_output_path
+
+from segkit.core.paths import outputs_dir
+from segkit.flow.notebook import run_notebook
 
 
 def runs_or_default(runs: str | os.PathLike | Sequence[str | os.PathLike] | None,
@@ -20,7 +17,7 @@ def runs_or_default(runs: str | os.PathLike | Sequence[str | os.PathLike] | None
     """The runs a notebook parameter names (one folder or name, or a list). Empty means every
     run validated on `fold` when `search` (07), and 04_train's default run of the fold when
     there is none (trained first if absent)."""
-    from segkit.runs import Run, find_runs
+    from segkit.results.runs import Run, find_runs
 
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs] if os.fspath(runs) else []
@@ -33,8 +30,8 @@ def runs_or_default(runs: str | os.PathLike | Sequence[str | os.PathLike] | None
 def default_run(fold: int = 0, data_root: str | os.PathLike = ""):
     """04_train's default run of a fold, trained first (by executing 04_train with its
     defaults) when it is not there yet, so notebooks 05-07 run top to bottom on their own."""
-    from segkit.runs import Run
-    from segkit.train_parameters import BY_NAME
+    from segkit.recipe.parameters import BY_NAME
+    from segkit.results.runs import Run
 
     path = outputs_dir() / "runs" / f"{BY_NAME['model'].default}_fold{fold}"
     if Run(path).last_checkpoint is None:

@@ -9,9 +9,9 @@ submitit's requeue: `NotebookJob.checkpoint`). A run folder holding another run'
 is left to 04_train, which refuses it.
 
 Example:
-    >>> jobs = [NotebookJob("04_train", {"fold": k, "run_name": f"lite0_fold{k}"},
-    ...                     f"outputs/runs/lite0_fold{k}/04_train.ipynb") for k in range(3)]
-    >>> run_jobs(jobs, "local", parallel=2, folder="outputs/pipelines/cv/jobs")  # doctest: +SKIP
+    jobs = [NotebookJob("04_train", {"fold": k, "run_name": f"lite0_fold{k}"},
+                        f"outputs/runs/lite0_fold{k}/04_train.ipynb") for k in range(3)]
+    run_jobs(jobs, "local", parallel=2, folder="outputs/pipelines/cv/jobs")
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segkit.errors import ParameterError, SegkitError
+from segkit.core.errors import ParameterError, SegkitError
 
 EXECUTORS = ("inline", "local", "slurm")
 # the spec's `executor:` section and the command line's --partition ... (cluster jobs)
@@ -57,19 +57,19 @@ def check_executor_options(options: dict | None, where: str) -> dict:
 
 def training_run_dir(params: dict) -> Path:
     """The run folder a 04_train call with these parameters trains into."""
-    from segkit.paths import outputs_dir, resolve_output_path
-    from segkit.train_parameters import check_training_parameters
+    from segkit.core.paths import outputs_dir, resolve_output_path
+    from segkit.recipe.parameters import check_training_parameters
 
     p = check_training_parameters(params)
     if p["work_dir"]:
         return resolve_output_path(p["work_dir"])
-    from segkit.train import default_run_name
+    from segkit.train.training import default_run_name
 
     return outputs_dir() / "runs" / (p["run_name"] or default_run_name(p))
 
 
 def _comparable(params: dict) -> dict:
-    from segkit.train_parameters import check_training_parameters
+    from segkit.recipe.parameters import check_training_parameters
 
     checked = json.loads(json.dumps(check_training_parameters(params), default=str))
     return {k: v for k, v in checked.items() if k not in NOT_PART_OF_THE_RUN}
@@ -78,7 +78,7 @@ def _comparable(params: dict) -> dict:
 def resume_parameters(notebook: str, params: dict) -> dict:
     """`params`, with resume=True when the notebook is 04_train and its run folder already
     holds a checkpoint of a run with the same training parameters (a killed run)."""
-    from segkit.runs import Run
+    from segkit.results.runs import Run
 
     if Path(notebook).stem != "04_train" or params.get("resume"):
         return params
@@ -105,7 +105,7 @@ class NotebookJob:
     kernel: str = "python3"
 
     def __call__(self) -> str:
-        from segkit.notebook import run_notebook
+        from segkit.flow.notebook import run_notebook
 
         for key, value in self.environment.items():
             if value is None:
@@ -163,7 +163,7 @@ def run_jobs(jobs: list[NotebookJob], executor: str = "inline", parallel: int | 
              name: str = "segkit") -> list[Path]:
     """Run the jobs and wait for all of them; returns the executed notebooks in job order. A
     failed job does not stop the others: a NotebookError lists every failure at the end."""
-    from segkit.checks import check_choice
+    from segkit.core.checks import check_choice
 
     check_choice("executor", executor, EXECUTORS)
     options = check_executor_options(options, "executor options")
@@ -216,7 +216,7 @@ def _run_local(jobs: list[NotebookJob], parallel: int, folder: Path, options: di
 
 
 def _collect(jobs: list[NotebookJob], submitted: list) -> list[Path]:
-    from segkit.notebook import NotebookError
+    from segkit.flow.notebook import NotebookError
 
     results, failures = [], []
     for job, handle in zip(jobs, submitted, strict=True):

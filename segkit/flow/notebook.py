@@ -8,7 +8,7 @@ such text as YAML where the notebook's default is a list, a dict or a number, an
 any work on a value that does not read as one, or on a name the notebook does not declare.
 
 Example (the first code cell of 05_predict):
-    >>> check_parameters(globals(), "05_predict")                        # doctest: +SKIP
+    check_parameters(globals(), "05_predict")
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import functools
 import os
 from pathlib import Path
 
-from segkit.errors import ParameterError, SegkitError
-from segkit.paths import PROJECT_ROOT
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.paths import PROJECT_ROOT
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 

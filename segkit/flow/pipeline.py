@@ -7,12 +7,12 @@ for the outputs folder (`annotation_file: "{outputs}/splits/fold2_train.json"`);
 stay as they are. A fanned-out 04_train saves each
 executed notebook in its run folder (outputs/runs/<run>/04_train.ipynb), others in
 outputs/pipelines/<spec>/<notebook>_fold1.ipynb. The items run here one after another, or
-several at once as processes or Slurm jobs (segkit.executors).
+several at once as processes or Slurm jobs (segkit.flow.executors).
 
 Example:
-    >>> run_notebook("notebooks/02_split.ipynb", "outputs/splits/02_split.ipynb",
-    ...              {"n_splits": 5})                                   # doctest: +SKIP
-    >>> run_pipeline("notebooks/cv.yaml", parallel=2)                   # doctest: +SKIP
+    run_notebook("notebooks/02_split.ipynb", "outputs/splits/02_split.ipynb",
+                 {"n_splits": 5})
+    run_pipeline("notebooks/cv.yaml", parallel=2)
 """
 
 from __future__ import annotations
@@ -20,23 +20,20 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from segkit.errors import SegkitError
-from segkit.notebook import (  # noqa: F401  (the one-notebook layer, importable from here too)
+from segkit.core.errors import SegkitError
+from segkit.core.paths import outputs_dir
+from segkit.flow.notebook import (
     NOTEBOOKS_DIR,
     PATH_PARAMETERS,
     NotebookError,
     from_here,
-    notebook_defaults,
     notebook_parameters,
     notebook_path,
     run_notebook,
 )
-from segkit.paths import outputs_dir
-
 
 DEMO_SPEC = NOTEBOOKS_DIR / "demo.yaml"
 
@@ -47,7 +44,7 @@ SPEC_KEYS = ("name", "parameters", "steps", "executor")
 
 def load_spec(path: str | os.PathLike) -> dict:
     """A pipeline spec: `name`, shared `parameters`, `steps` (notebook, output, parameters,
-    foreach) and the cluster's `executor` options (segkit.executors.EXECUTOR_OPTIONS).
+    foreach) and the cluster's `executor` options (segkit.flow.executors.EXECUTOR_OPTIONS).
 
     Example spec:
         name: demo
@@ -104,8 +101,7 @@ def plan_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None
     declares (a misspelt `data_rot=...`) is refused.
 
     Example:
-        >>> [name for name, _, _ in plan_pipeline("notebooks/demo.yaml")][:2]  # doctest: +SKIP
-        ['01_eda', '02_split']
+        [name for name, _, _ in plan_pipeline("notebooks/demo.yaml")][:2]
     """
     return [(step.name, params, output)
             for step in _plan(load_spec(spec_path), spec_path, overrides)
@@ -158,7 +154,7 @@ def _label(values: dict) -> str:
 
 def _default_output(spec: dict, name: str, params: dict, values: dict) -> Path:
     if name == "04_train" and values:
-        from segkit.executors import training_run_dir
+        from segkit.flow.executors import training_run_dir
 
         return training_run_dir(params) / "04_train.ipynb"
     suffix = "".join(f"_{k}{_UNSAFE.sub('-', str(v))}" for k, v in values.items())
@@ -180,7 +176,7 @@ def _plan_item(spec, spec_path, i, name, declared, shared, step, values):
         raise SegkitError(f"{where} sets {sorted(unknown)}, which the notebook does not "
                           f"declare ({', '.join(sorted(declared))})")
     if name == "04_train":
-        from segkit.train_parameters import check_training_parameters
+        from segkit.recipe.parameters import check_training_parameters
 
         try:
             check_training_parameters(params)
@@ -206,7 +202,7 @@ def _plan(spec: dict, spec_path, overrides: dict | None) -> list[PlannedStep]:
                               f"to {len(set(outputs))} places: put the foreach keys in its "
                               "output or run_name, e.g. run_name: 'lite0_fold{fold}'")
         if name == "04_train":
-            from segkit.executors import training_run_dir
+            from segkit.flow.executors import training_run_dir
 
             for params, _, label in items:
                 folder = training_run_dir(params)
@@ -233,7 +229,7 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
     executed copy). Returns the executed copies.
 
     `overrides` replace shared parameters (e.g. data_root) for every step that declares them.
-    A fanned-out step's notebooks run on `executor` (segkit.executors: inline, local, slurm;
+    A fanned-out step's notebooks run on `executor` (segkit.flow.executors: inline, local, slurm;
     default inline, or local when `parallel` > 1), at most `parallel` at once (default: one
     per GPU, 1 on a CPU machine), with the spec's `executor:` options updated by
     `executor_options`; the next step starts when all of them are done. A 04_train item
@@ -241,7 +237,7 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
     """
     from tqdm import tqdm
 
-    from segkit.executors import (
+    from segkit.flow.executors import (
         NotebookJob,
         check_executor_options,
         default_parallel,
@@ -284,7 +280,7 @@ def run_demo(spec_path: str | os.PathLike = DEMO_SPEC) -> dict:
     """The demo: every numbered notebook on the embedded sample; prints where things are."""
     import time
 
-    from segkit.report import runs_table
+    from segkit.results.report import runs_table
 
     start = time.time()
     executed = run_pipeline(spec_path)

@@ -1,21 +1,16 @@
-"""TODO docstring"""
+"""Pseudo-label round 2: 04_train run again with round 1's parameters and the pseudo-label files
+as extra train sources (06_pseudo_label).
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-import numpy as np
-import pandas as pd
-from segkit.checks import check_choice
-from segkit.classes import IGNORE_INDEX, ClassTable
-from segkit.errors import ParameterError, SegkitError
-from segkit.paths import atomic_folder
-from segkit.predict import PredictionSet, folder_weights
-from segkit.runs import Run
 
+from segkit.core.checks import check_choice
+from segkit.core.errors import ParameterError
+from segkit.results.runs import Run
 
 # Parameters of round 1 that round 2 never inherits: where it writes, how it starts, resuming.
 _NOT_INHERITED = ("work_dir", "run_name", "resume", "load_from", "launcher", "extra_train_files")
@@ -40,8 +35,8 @@ def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | o
     passed; `overrides` (iters, ...) win, and one the notebook does not declare is a
     ParameterError.
     """
-    from segkit.notebook import notebook_parameters
-    from segkit.train_parameters import defaults
+    from segkit.flow.notebook import notebook_parameters
+    from segkit.recipe.parameters import defaults
 
     check_round2_start(start)
     run = Run.open(run_dir)
@@ -70,8 +65,8 @@ def train_round2(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.Pat
     A finished run of that name trained with the same parameters is reused; one trained with
     others is a ParameterError (choose another run name), never overwritten.
     """
-    from segkit.notebook import run_notebook
-    from segkit.paths import outputs_dir
+    from segkit.core.paths import outputs_dir
+    from segkit.flow.notebook import run_notebook
 
     params = round2_parameters(run_dir, pseudo_files, run_name, start, checkpoint, **overrides)
     work_dir = outputs_dir() / "runs" / run_name

@@ -1,10 +1,10 @@
 """Leak checks for fold files, made here or by anyone: images in a fold's train and val,
-groups that straddle them (`segkit.groups`), and near-duplicate pairs across them
-(`segkit.near_duplicates`).
+groups that straddle them (`segkit.folds.groups`), and near-duplicate pairs across them
+(`segkit.data.near_duplicates`).
 
 Example:
-    >>> check_fold_files("outputs/splits", coco, group_by="frames:30")   # doctest: +SKIP
-    >>> duplicate_pairs_per_fold(pairs, folds, max_duplicate_pairs=0)     # doctest: +SKIP
+    check_fold_files("outputs/splits", coco, group_by="frames:30")
+    duplicate_pairs_per_fold(pairs, folds, max_duplicate_pairs=0)
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import os
 import numpy as np
 import pandas as pd
 
-from segkit.coco import Coco, load_coco
-from segkit.errors import CocoError, ParameterError
-from segkit.fold_sets import available_folds, fold_files
-from segkit.groups import image_groups, parse_group_by
+from segkit.coco.files import Coco, load_coco
+from segkit.core.errors import CocoError, ParameterError
+from segkit.folds.files import available_folds, fold_files
+from segkit.folds.groups import image_groups, parse_group_by
 
 
 def check_fold_files(split_dir: str | os.PathLike, source: Coco | None = None, group_by=None,
@@ -28,10 +28,10 @@ def check_fold_files(split_dir: str | os.PathLike, source: Coco | None = None, g
     source) images missing from the fold. `ok` is True when all three counts are 0.
 
     The leak checks, for fold files made here or by anyone:
-    * `group_by` (`segkit.groups`): a group with images in a fold's train and val file
+    * `group_by` (`segkit.folds.groups`): a group with images in a fold's train and val file
       raises a CocoError naming the group, the files and two of its images; the table gets
       val_groups and train_groups columns.
-    * `duplicate_pairs` (`segkit.near_duplicates.find_pairs`: image_a, image_b, ids of the
+    * `duplicate_pairs` (`segkit.data.near_duplicates.find_pairs`: image_a, image_b, ids of the
       source file; fold files keep them): the `duplicate_pairs` column counts the pairs with one
       image in the fold's train file and the other in its val file. Above
       `max_duplicate_pairs` (None: report only) a CocoError names the fold and a pair.
@@ -42,7 +42,7 @@ def check_fold_files(split_dir: str | os.PathLike, source: Coco | None = None, g
     max_duplicate_pairs = _check_max_pairs(max_duplicate_pairs)
     if max_duplicate_pairs is not None and duplicate_pairs is None:
         raise ParameterError("max_duplicate_pairs needs the near-duplicate pairs "
-                             "(segkit.near_duplicates.find_pairs)")
+                             "(segkit.data.near_duplicates.find_pairs)")
     parse_group_by(group_by)
     val_sets, train_sets, group_columns = {}, {}, {}
     for k in folds:

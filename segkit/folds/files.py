@@ -8,8 +8,8 @@ place under a lock, so two concurrent writers never mix their folds and a failed
 (read-only or full disk) leaves the previous set as it was.
 
 Example:
-    >>> write_folds(coco, folds, "outputs/splits")                        # doctest: +SKIP
-    >>> train_file, val_file = fold_files("outputs/splits", 0)            # doctest: +SKIP
+    write_folds(coco, folds, "outputs/splits")
+    train_file, val_file = fold_files("outputs/splits", 0)
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit.coco import Coco, subset, write_coco
-from segkit.errors import ParameterError
-from segkit.paths import _umask
+from segkit.coco.files import Coco, subset, write_coco
+from segkit.core.errors import ParameterError
+from segkit.core.paths import _umask
 
 FOLD_FILE = re.compile(r"fold(\d+)_(train|val)\.json$")
 
@@ -50,7 +50,7 @@ def fold_files(split_dir: str | os.PathLike, fold: int) -> tuple[Path, Path]:
     ParameterError listing the folds there are.
 
     Example:
-        >>> train_file, val_file = fold_files("outputs/splits", 0)        # doctest: +SKIP
+        train_file, val_file = fold_files("outputs/splits", 0)
     """
     folds = available_folds(split_dir)
     if not folds:
@@ -142,7 +142,7 @@ def _replace_folder(out_dir: Path, build) -> None:
     """Run `build(tmp)` on a temporary sibling of `out_dir`, then put it in `out_dir`'s place
     (keeping `out_dir`'s files that are not part of a fold set); any OSError becomes one
     SegkitError and nothing of the new set is left behind."""
-    from segkit.errors import SegkitError
+    from segkit.core.errors import SegkitError
 
     tmp = None
     try:
@@ -193,3 +193,5 @@ def _link_tree(source: Path, target: Path) -> None:
         os.symlink(os.readlink(source), target)
     else:
         link(source, target)
+
+

@@ -1,8 +1,8 @@
 r"""Image groups: the images that must land in the same fold.
 
 A validation image with a near-twin in the training fold overstates the score (video frames,
-several photos of one scene), so `segkit.split` keeps each group's images in one fold and
-`segkit.fold_checks` refuses fold files in which a group straddles train and val. `group_by`
+several photos of one scene), so `segkit.folds.split` keeps each group's images in one fold and
+`segkit.folds.checks` refuses fold files in which a group straddles train and val. `group_by`
 has four spellings, all plain strings (a notebook or CLI parameter as is):
 
 * `None` (or ""): each image is its own group (the default; same bytes as before groups existed).
@@ -20,7 +20,7 @@ Every image must have a group (a name the regex misses, an image without the fie
 without a number: a ParameterError / CocoError naming the file and the image).
 
 Example:
-    >>> image_groups(coco, "frames:30").nunique()                        # doctest: +SKIP
+    image_groups(coco, "frames:30").nunique()
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from segkit.coco import Coco
-from segkit.errors import CocoError, ParameterError
+from segkit.coco.files import Coco
+from segkit.core.errors import CocoError, ParameterError
 
 GROUP_SOURCES = ("regex", "field", "frames")
 GROUP_BY_HELP = ('group_by is None (each image its own group), "regex:PATTERN", "field:NAME" '
@@ -82,10 +82,7 @@ def image_groups(coco: Coco, group_by=None) -> pd.Series:
     `group_by`: see the module docstring (None: the image id is the group).
 
     Example:
-        >>> image_groups(coco, r"regex:^(\w+?)_").value_counts()         # doctest: +SKIP
-        0016E5    305
-        0006R0    101
-        0001TP     62
+        image_groups(coco, r"regex:^(\w+?)_").value_counts()
     """
     parsed = parse_group_by(group_by)
     ids = [img["id"] for img in coco.images]

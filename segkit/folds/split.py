@@ -12,15 +12,15 @@ Two ways to say what "stratified" balances, both run by scikit-learn's Stratifie
   class present gets at least one unit. StratifiedGroupKFold then balances each class's pixel
   share across the folds instead of its annotation count.
 
-Groups (`group_by`, spelled as `segkit.groups` describes: None, "regex:PATTERN", "field:NAME"
+Groups (`group_by`, spelled as `segkit.folds.groups` describes: None, "regex:PATTERN", "field:NAME"
 or "frames:GAP"): images that must land in the same fold, because a validation image with a
 near-twin in the training fold overstates the score. There must be at least n_splits groups.
-`check_fold_files(..., group_by=...)` (`segkit.fold_checks`) refuses fold files (made here or
+`check_fold_files(..., group_by=...)` (`segkit.folds.checks`) refuses fold files (made here or
 by anyone) in which a group has images in both a fold's train and val files, and given
-near-duplicate pairs (`segkit.near_duplicates`) counts those that cross train / val.
+near-duplicate pairs (`segkit.data.near_duplicates`) counts those that cross train / val.
 
 `fold_report` measures both shares for either assignment; the notebook shows both variants.
-Files (`segkit.fold_sets`): `fold{k}_train.json` / `fold{k}_val.json` (subsets of the input
+Files (`segkit.folds.files`): `fold{k}_train.json` / `fold{k}_val.json` (subsets of the input
 file: original image ids, file names and annotation order kept; file names stay relative to
 the input's data root) and `folds.csv` (image_id, file_name, fold). Same inputs and seed, same
 bytes. The fold set is written atomically: built in a temporary sibling folder and swapped
@@ -32,10 +32,10 @@ The group, fold-file and leak-check functions are importable from here as well
 use them.
 
 Example:
-    >>> coco = load_coco("data/train_all.json")                           # doctest: +SKIP
-    >>> folds = make_folds(coco, TRASH, n_splits=5, seed=42)              # doctest: +SKIP
-    >>> write_folds(coco, folds, "outputs/splits")                        # doctest: +SKIP
-    >>> fold_report(coco, TRASH, folds, pixel_counts(coco, TRASH))        # doctest: +SKIP
+    coco = load_coco("data/train_all.json")
+    folds = make_folds(coco, TRASH, n_splits=5, seed=42)
+    write_folds(coco, folds, "outputs/splits")
+    fold_report(coco, TRASH, folds, pixel_counts(coco, TRASH))
 """
 
 from __future__ import annotations
@@ -47,32 +47,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit.classes import ClassTable
-from segkit.coco import Coco, load_coco
-from segkit.errors import CocoError, ParameterError
-from segkit.fold_checks import (  # noqa: F401  (the leak checks live there)
-    check_fold_files,
-    crossing_pairs,
-    duplicate_pairs_per_fold,
-)
-from segkit.fold_sets import (  # noqa: F401  (fold files on disk live there)
-    FOLD_FILE,
-    available_folds,
-    fold_files,
-    write_folds,
-)
-from segkit.groups import (  # noqa: F401  (group_by lives there)
-    GROUP_BY_HELP,
-    GROUP_SOURCES,
+from segkit.coco.files import Coco, load_coco
+from segkit.core.classes import ClassTable
+from segkit.core.errors import CocoError, ParameterError
+from segkit.core.paths import outputs_dir
+from segkit.folds.files import write_folds
+from segkit.folds.groups import (
     group_codes,
     group_counts,
     image_groups,
     parse_group_by,
 )
-from segkit.paths import outputs_dir
 
 STRATIFY_BY = ("annotations", "pixels")
 PIXEL_UNITS_PER_IMAGE = 100
+
+
+def stratify_variants(first: str = "annotations") -> list[str]:
+    """Every stratification, `first` first (02_split compares them and writes `first`).
+
+    Example:
+        >>> stratify_variants("pixels")
+        ['pixels', 'annotations']
+    """
+    if first not in STRATIFY_BY:
+        raise ParameterError(f"stratify_by must be one of {', '.join(STRATIFY_BY)}; got {first!r}")
+    return [first] + [by for by in STRATIFY_BY if by != first]
 
 
 def _check_split_parameters(coco: Coco, n_splits, seed, by: str) -> None:
@@ -92,7 +92,7 @@ def stratification_rows(coco: Coco, classes: ClassTable, by: str = "annotations"
                         pixels: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The (labels, groups) rows handed to StratifiedGroupKFold: class indices and image ids.
 
-    `pixels` (from `segkit.eda.pixel_counts`) is needed for `by="pixels"`.
+    `pixels` (from `segkit.coco.pixels.pixel_counts`) is needed for `by="pixels"`.
     """
     if by == "annotations":
         mapping = classes.category_to_index(coco.categories, str(coco.path))
@@ -106,7 +106,7 @@ def stratification_rows(coco: Coco, classes: ClassTable, by: str = "annotations"
     if by != "pixels":
         raise ParameterError(f"by must be one of {', '.join(STRATIFY_BY)}; got {by!r}")
     if pixels is None:
-        raise ParameterError("by='pixels' needs the pixels table (segkit.eda.pixel_counts)")
+        raise ParameterError("by='pixels' needs the pixels table (segkit.coco.pixels.pixel_counts)")
     ids = [img["id"] for img in coco.images]
     missing = set(ids) - set(pixels.index)
     if missing:
@@ -124,11 +124,11 @@ def make_folds(coco: Coco, classes: ClassTable, n_splits: int = 5, seed: int = 4
                group_by=None) -> pd.Series:
     """The validation fold of every image: a Series image_id -> fold (0..n_splits-1), in file
     order. `by` is "annotations" or "pixels" (then pass `pixels` from `eda.pixel_counts`);
-    `group_by` keeps each group's images in one fold (`segkit.groups`; None: the image).
+    `group_by` keeps each group's images in one fold (`segkit.folds.groups`; None: the image).
 
     Example:
-        >>> folds = make_folds(coco, TRASH, n_splits=5, seed=42)          # doctest: +SKIP
-        >>> folds.value_counts()                                          # doctest: +SKIP
+        folds = make_folds(coco, TRASH, n_splits=5, seed=42)
+        folds.value_counts()
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -217,13 +217,12 @@ def split_file(annotation_file: str | os.PathLike, out_dir: str | os.PathLike | 
                n_splits: int = 5, seed: int = 42, by: str = "annotations",
                group_by=None) -> list[Path]:
     """Load a COCO file, make folds and write them into `out_dir` (default `outputs/splits`):
-    the whole split in one call (the CLI's). `group_by`: see `segkit.groups`.
+    the whole split in one call (the CLI's). `group_by`: see `segkit.folds.groups`.
 
     Example:
-        >>> split_file("data/train_all.json", "outputs/splits", n_splits=5, seed=42)
-        ...                                                               # doctest: +SKIP
+        split_file("data/train_all.json", "outputs/splits", n_splits=5, seed=42)
     """
-    from segkit.eda import pixel_counts
+    from segkit.coco.pixels import pixel_counts
 
     coco = load_coco(annotation_file)
     if not coco.images:
@@ -235,3 +234,18 @@ def split_file(annotation_file: str | os.PathLike, out_dir: str | os.PathLike | 
     folds = make_folds(coco, classes, n_splits, seed, by, pixels, group_by)
     group_counts(folds, image_groups(coco, group_by), str(coco.path))
     return write_folds(coco, folds, out_dir if out_dir is not None else outputs_dir() / "splits")
+
+
+def fold_folder(data_root: str | os.PathLike = "", splits_dir: str | os.PathLike = "") -> Path:
+    """The folder of 02_split's fold files: `splits_dir`, default outputs/splits. On the
+    embedded sample (no data root, no splits_dir) missing folds are made with 02_split's
+    defaults, so 03 and 04 run on their own; real data must be split explicitly (02_split)."""
+    from segkit.core.paths import resolve_output_path
+    from segkit.data.sample import resolve_data_root
+    from segkit.folds.files import available_folds
+
+    folder = resolve_output_path(splits_dir) if splits_dir else outputs_dir() / "splits"
+    if not os.fspath(data_root) and not splits_dir and not available_folds(folder):
+        print(f"no fold files in {folder}: making them with 02_split's defaults")
+        split_file(resolve_data_root("") / "train_all.json", folder)
+    return folder

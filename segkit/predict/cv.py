@@ -12,8 +12,8 @@ Runs whose validation files lie in different folders (different split files) or 
 (the same fold twice, overlapping folds) are refused.
 
 Example:
-    >>> oof = out_of_fold(["lite0_fold0", "lite0_fold1", "lite0_fold2"])   # doctest: +SKIP
-    >>> oof.miou, oof.per_fold                                               # doctest: +SKIP
+    oof = out_of_fold(["lite0_fold0", "lite0_fold1", "lite0_fold2"])
+    oof.miou, oof.per_fold
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit.classes import IGNORE_INDEX, ClassTable
-from segkit.coco import load_coco
-from segkit.errors import ParameterError, SegkitError
-from segkit.metrics import confusion_matrix, miou, per_class_iou
-from segkit.paths import atomic_folder, outputs_dir, write_text_atomic
-from segkit.predict import PredictionFolder, predict_run, write_prediction_meta
-from segkit.runs import Run
-from segkit.vote import argmax_classes
+from segkit.coco.files import load_coco
+from segkit.core.classes import IGNORE_INDEX, ClassTable
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.metrics import confusion_matrix, miou, per_class_iou
+from segkit.core.paths import atomic_folder, outputs_dir, write_text_atomic
+from segkit.predict.options import PredictOptions
+from segkit.predict.writing import predict_run
+from segkit.results.predictions import PredictionFolder, write_prediction_meta
+from segkit.results.runs import Run
+from segkit.submission.vote import argmax_classes
 
 _FOLD = re.compile(r"fold\d+")
 
@@ -90,7 +92,7 @@ def check_folds(runs: Sequence[str | os.PathLike | Run]) -> list[tuple[Run, Path
 
 
 def _confusion(folder: PredictionFolder, coco, classes: ClassTable) -> np.ndarray:
-    from segkit.ensemble import truth_at_size
+    from segkit.predict.ensemble import truth_at_size
 
     truth = truth_at_size(coco, classes, folder.size)
     cm = np.zeros((classes.num_classes, classes.num_classes), np.int64)
@@ -172,13 +174,14 @@ def _merge(name: str, folds: list[tuple[Run, Path, PredictionFolder]], out_dir: 
                                    "inputs": [str(f.path) for _, _, f in folds]})
 
 
-def out_of_fold(runs: Sequence[str | os.PathLike | Run], checkpoint: str = "best",
-                name: str = "", data_root=None, flips=("h",), scales=(1.0,),
-                **options) -> OutOfFold:
-    """Merge the validation predictions of one recipe's fold runs (each predicted unless a
-    matching folder is there) into outputs/oof/<name>/ and score them (module docstring).
-    Writes score.json beside the probabilities. `options` go to predict_run (slide, amp, ...).
+def out_of_fold(runs: Sequence[str | os.PathLike | Run],
+                options: PredictOptions = PredictOptions(flips=("h",)), name: str = "",
+                data_root=None) -> OutOfFold:
+    """Merge the validation predictions of one recipe's fold runs at `options.checkpoint`
+    (each predicted unless a matching folder is there) into outputs/oof/<name>/ and score them
+    (module docstring). Writes score.json beside the probabilities.
     """
+    checkpoint = options.checkpoint
     folds = check_folds(runs)
     name = name or recipe_name(folds[0][0]).replace("fold*", "oof") + (
         "" if str(checkpoint) == "best" else f"@{Path(str(checkpoint)).stem}")
@@ -186,8 +189,8 @@ def out_of_fold(runs: Sequence[str | os.PathLike | Run], checkpoint: str = "best
     truth: dict = {}
     for run, val in folds:
         out = outputs_dir() / "predictions" / checkpoint_tag(run, checkpoint) / "val"
-        folder = predict_run(run, "val", val, data_root, out, checkpoint, flips=tuple(flips),
-                             scales=tuple(scales), **options)
+        folder = predict_run(run, "val", options, coco_file=val, data_root=data_root,
+                             out_dir=out)
         coco = load_coco(val)
         table = ClassTable.for_coco(coco.categories)
         if classes is not None and list(table.names) != list(classes.names):
@@ -195,7 +198,7 @@ def out_of_fold(runs: Sequence[str | os.PathLike | Run], checkpoint: str = "best
                               f"{list(classes.names)}")
         classes = table
         cm = _confusion(folder, coco, classes)
-        from segkit.ensemble import truth_at_size
+        from segkit.predict.ensemble import truth_at_size
 
         truth.update(truth_at_size(coco, classes, folder.size))
         total = cm if total is None else total + cm
@@ -213,8 +216,8 @@ def out_of_fold(runs: Sequence[str | os.PathLike | Run], checkpoint: str = "best
     return result
 
 
-def cv_table(runs: Sequence[str | os.PathLike | Run], checkpoint: str = "best",
-             flips=("h",)) -> pd.DataFrame:
+def cv_table(runs: Sequence[str | os.PathLike | Run],
+             options: PredictOptions = PredictOptions(flips=("h",))) -> pd.DataFrame:
     """One row per recipe with at least two fold runs (08_report's CV table): folds, images,
     per-fold mIoU, their mean and std, and the OOF mIoU; best OOF first."""
     rows = []
@@ -222,7 +225,7 @@ def cv_table(runs: Sequence[str | os.PathLike | Run], checkpoint: str = "best",
         if len(members) < 2:
             continue
         try:
-            rows.append(out_of_fold(members, checkpoint, flips=flips).summary())
+            rows.append(out_of_fold(members, options).summary())
         except SegkitError as exc:  # not folds of one split: not a CV recipe
             print(f"{recipe}: not cross-validated ({exc})")
     table = pd.DataFrame(rows, columns=["recipe", "folds", "images", "mean mIoU", "std",

@@ -1,6 +1,6 @@
 """Ensembles of prediction folders: the soft vote, greedy selection of models on validation
 (Caruana et al., 2004, with replacement), each model and each ensemble scored side by side, and
-the ensemble's submission. The voting rules themselves are segkit.vote's.
+the ensemble's submission. The voting rules themselves are segkit.submission.vote's.
 
 Soft vote: the weighted mean of the models' quantised probabilities, argmax per pixel (a tie
 between classes goes to the lower class index). Greedy selection: start from nothing, add
@@ -8,9 +8,8 @@ whichever model (a model already chosen may be chosen again) makes the soft vote
 mIoU highest, and stop when no addition improves it. How often a model was chosen is its weight.
 
 Example:
-    >>> selection = greedy_selection(["a/val", "b/val"], truth)              # doctest: +SKIP
-    >>> write_ensemble_submission(["a/test", "b/test"], "vote.csv", "soft", selection.weights)
-    ...                                                                      # doctest: +SKIP
+    selection = greedy_selection(["a/val", "b/val"], truth)
+    write_ensemble_submission(["a/test", "b/test"], "vote.csv", "soft", selection.weights)
 """
 
 from __future__ import annotations
@@ -24,14 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.checks import check_choice
-from segkit.classes import IGNORE_INDEX
-from segkit.errors import ParameterError, SegkitError
-from segkit.metrics import confusion_matrix, miou, per_class_iou
-from segkit.paths import atomic_folder
-from segkit.predict import PredictionSet, folder_weights, save_probs, write_prediction_meta
-from segkit.submission import SUBMISSION_SIZE, iter_submission, submission_writer
-from segkit.vote import (
+from segkit.core.checks import check_choice
+from segkit.core.classes import IGNORE_INDEX
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.metrics import confusion_matrix, miou, per_class_iou
+from segkit.core.paths import atomic_folder
+from segkit.results.predictions import (
+    PredictionSet,
+    folder_weights,
+    save_probs,
+    write_prediction_meta,
+)
+from segkit.submission.codec import SUBMISSION_SIZE
+from segkit.submission.files import submission_writer
+from segkit.submission.reader import iter_submission
+from segkit.submission.vote import (
     argmax_classes,
     check_weights,
     disagreement,
@@ -41,6 +47,19 @@ from segkit.vote import (
 )
 
 ENSEMBLE_METHODS = ("soft", "hard", "greedy")
+# the column of score_ensembles' table that scores each method as 07_ensemble names them
+ENSEMBLE_COLUMNS = {"soft": "soft vote", "hard": "hard vote", "greedy": "greedy"}
+
+
+def ensemble_column(method: str) -> str:
+    """The score table's column of an ensemble method (07_ensemble's names).
+
+    Example:
+        >>> ensemble_column("soft")
+        'soft vote'
+    """
+    check_choice("method", method, ENSEMBLE_METHODS)
+    return ENSEMBLE_COLUMNS[method]
 
 
 def iter_soft_vote(pred_dirs: Sequence[str | os.PathLike],
@@ -52,8 +71,8 @@ def iter_soft_vote(pred_dirs: Sequence[str | os.PathLike],
     mean, so it can differ from the argmax of the rounded probabilities at near-ties.
 
     Example:
-        >>> for image, probs, label_map in iter_soft_vote(["run_a/test", "run_b/test"]):
-        ...     pass                                                           # doctest: +SKIP
+        for image, probs, label_map in iter_soft_vote(["run_a/test", "run_b/test"]):
+            pass
     """
     folders = PredictionSet.open(pred_dirs, minimum=1)
     total = folder_weights(weights, len(folders.dirs))[0].sum()
@@ -71,7 +90,7 @@ def soft_vote(pred_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     `out_dir` as it was. meta.json records the inputs and weights under "ensemble".
 
     Example:
-        >>> soft_vote(["runs/a/val", "runs/b/val"], "outputs/ensembles/ab_val", [2, 1])  # doctest: +SKIP
+        soft_vote(["runs/a/val", "runs/b/val"], "outputs/ensembles/ab_val", [2, 1])
     """
     folders = PredictionSet.open(pred_dirs, minimum=2)
     check = check_weights(weights, len(folders.dirs), "prediction folders")
@@ -147,8 +166,8 @@ def greedy_selection(pred_dirs: Sequence[str | os.PathLike],
     cache keeps them), since a validation set of every model rarely fits in memory.
 
     Example:
-        >>> result = greedy_selection(["a/val", "b/val", "c/val"], truth)     # doctest: +SKIP
-        >>> result.chosen, result.step_miou, result.single_miou              # doctest: +SKIP
+        result = greedy_selection(["a/val", "b/val", "c/val"], truth)
+        result.chosen, result.step_miou, result.single_miou
     """
     folders = PredictionSet.open(pred_dirs, minimum=1)
     if not isinstance(max_models, int) or max_models < 1:
@@ -193,7 +212,7 @@ def truth_at_size(coco, classes, size: Sequence[int]) -> dict[int, np.ndarray]:
     truth that stored probabilities are scored against."""
     import cv2
 
-    from segkit.coco import cached_label_maps, read_label
+    from segkit.coco.files import cached_label_maps, read_label
 
     paths = cached_label_maps(coco, classes)
     height, width = int(size[0]), int(size[1])
@@ -233,9 +252,9 @@ def score_ensembles(pred_dirs: Sequence[str | os.PathLike],
     images, as the competition scores.
 
     Example:
-        >>> scores = score_ensembles(["a/val", "b/val"], truth, soft={"soft vote": None},
-        ...                          hard={"hard vote": None})            # doctest: +SKIP
-        >>> scores.table                                                   # doctest: +SKIP
+        scores = score_ensembles(["a/val", "b/val"], truth, soft={"soft vote": None},
+                                 hard={"hard vote": None})
+        scores.table
     """
     import pandas as pd
 
@@ -322,7 +341,7 @@ def disagreement_examples(pred_dirs: Sequence[str | os.PathLike], image_ids: Seq
     given validation images: what `segkit.viz.show_disagreement` draws."""
     import cv2
 
-    from segkit.coco import read_image
+    from segkit.coco.files import read_image
 
     folders = PredictionSet.open(pred_dirs, minimum=2)
     by_id = {img["id"]: img for img in folders.images}
@@ -348,8 +367,8 @@ def submit_ensemble(test_dirs: Sequence[str | os.PathLike], out_csv: str | os.Pa
     the selection's weights, "soft" / "hard" with `weights`), written to `out_csv` and checked
     against `test_json` (a SubmissionError names the first problem). Returns the weight each
     folder got (0: not used)."""
-    from segkit.errors import SubmissionError
-    from segkit.submission import validate_submission
+    from segkit.core.errors import SubmissionError
+    from segkit.submission.files import validate_submission
 
     check_choice("method", method, ENSEMBLE_METHODS)
     if method == "greedy" and selection is None:

@@ -1,25 +1,26 @@
-"""TODO docstring"""
+"""What 07_ensemble combines: fold models of several recipes, their out-of-fold scores, and the
+test predictions of each member; holdout scores of single models against their ensemble.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np
+
 import pandas as pd
-from segkit.classes import IGNORE_INDEX, ClassTable
-from segkit.coco import load_coco
-from segkit.errors import ParameterError, SegkitError
-from segkit.metrics import confusion_matrix, miou, per_class_iou
-from segkit.paths import atomic_folder, outputs_dir, write_text_atomic
-from segkit.predict import PredictionFolder, predict_run, write_prediction_meta
-from segkit.runs import Run
-from segkit.vote import argmax_classes
+
+from segkit.coco.files import load_coco
+from segkit.core.classes import ClassTable
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.paths import outputs_dir
+from segkit.predict.cv import OutOfFold, check_folds, checkpoint_tag, out_of_fold, recipes
+from segkit.predict.options import PredictOptions
+from segkit.predict.writing import predict_run
+from segkit.results.predictions import PredictionFolder
+from segkit.results.runs import Run
 
 
 @dataclass
@@ -40,7 +41,7 @@ class EnsembleInputs:
     def run_weights(self, weights: Sequence[float] | None) -> tuple[list, list[float]]:
         """(every run's test folder, its weight): a member's weight shared by its runs (scaled
         by the fold counts' least common multiple, so whole weights stay whole)."""
-        from segkit.vote import check_weights
+        from segkit.submission.vote import check_weights
 
         member = check_weights(weights, len(self.names), "ensemble members")
         scale = math.lcm(*(len(d) for d in self.test_dirs))
@@ -51,12 +52,12 @@ class EnsembleInputs:
 
     def submit(self, out_csv, method: str, weights=None, selection=None, test_json=None
                ) -> list[float]:
-        """The ensemble's test submission (segkit.ensemble.submit_ensemble over every run's
+        """The ensemble's test submission (segkit.predict.ensemble.submit_ensemble over every run's
         test folder): greedy uses the selection's member weights, soft / hard `weights`.
         Returns each member's weight."""
-        from segkit.checks import check_choice
-        from segkit.ensemble import ENSEMBLE_METHODS, submit_ensemble
-        from segkit.vote import check_weights
+        from segkit.core.checks import check_choice
+        from segkit.predict.ensemble import ENSEMBLE_METHODS, submit_ensemble
+        from segkit.submission.vote import check_weights
 
         check_choice("method", method, ENSEMBLE_METHODS)
         if method == "greedy" and selection is None:
@@ -68,27 +69,28 @@ class EnsembleInputs:
         return check_weights(member, len(self.names), "ensemble members").tolist()
 
 
-def _member_dirs(run: Run, checkpoint, test_file, data_root, tta: dict):
-    tag = checkpoint_tag(run, checkpoint)
-    return predict_run(run, "test", test_file, data_root,
-                       outputs_dir() / "predictions" / tag / "test", checkpoint, **tta)
+def _member_dir(run: Run, options: PredictOptions, split: str, coco_file, data_root):
+    """A member's prediction of a split at options.checkpoint, in the folder of its
+    checkpoint tag (outputs/predictions/<run>[@<checkpoint>]/<split>)."""
+    out = outputs_dir() / "predictions" / checkpoint_tag(run, options.checkpoint) / split
+    return predict_run(run, split, options, coco_file=coco_file, data_root=data_root,
+                       out_dir=out)
 
 
 def ensemble_inputs(runs: Sequence[str | os.PathLike | Run], test_file, data_root=None,
-                    checkpoints: Sequence = ("best",), flips=("h",), scales=(1.0,)
-                    ) -> EnsembleInputs:
+                    options: PredictOptions = PredictOptions(flips=("h",))) -> EnsembleInputs:
     """Predictions of every run at every checkpoint (reused when made the same way). Runs of
     one validation file are members on their own, scored on it; runs of several folds are
     grouped into recipes, each scored out of fold (all recipes must cover the same folds of one
-    split), and a recipe's test prediction is the vote of its folds."""
-    from segkit.ensemble import truth_at_size
-    from segkit.runs import common_validation
+    split), and a recipe's test prediction is the vote of its folds. The checkpoints are
+    `options.members`; every other option (TTA, slide, size) applies to each of them."""
+    from segkit.predict.ensemble import truth_at_size
+    from segkit.results.runs import common_validation
 
     opened = [Run.open(r) for r in runs]
     if not opened:
         raise ParameterError("no runs given")
-    checkpoints = list(checkpoints) or ["best"]
-    tta = dict(flips=tuple(flips), scales=tuple(scales))
+    checkpoints = list(options.members)
     tagged = len(checkpoints) > 1 or str(checkpoints[0]) != "best"
     vals = {run.data()[1].resolve() for run in opened}
     names, val_dirs, test_dirs, oofs = [], [], [], []
@@ -99,9 +101,9 @@ def ensemble_inputs(runs: Sequence[str | os.PathLike | Run], test_file, data_roo
         for run in opened:
             for ckpt in checkpoints:
                 names.append(checkpoint_tag(run, ckpt) if tagged else run.name)
-                out = outputs_dir() / "predictions" / checkpoint_tag(run, ckpt) / "val"
-                val_dirs.append(predict_run(run, "val", val_file, data_root, out, ckpt, **tta))
-                test_dirs.append([_member_dirs(run, ckpt, test_file, data_root, tta)])
+                val_dirs.append(_member_dir(run, options.at(ckpt), "val", val_file, data_root))
+                test_dirs.append([_member_dir(run, options.at(ckpt), "test", test_file,
+                                              data_root)])
         truth = truth_at_size(coco, classes, val_dirs[0].size)
         return EnsembleInputs(names, val_dirs, test_dirs, truth, classes, False)
     groups = recipes(opened)
@@ -116,10 +118,11 @@ def ensemble_inputs(runs: Sequence[str | os.PathLike | Run], test_file, data_roo
     truth = {}
     for members in groups.values():
         for ckpt in checkpoints:
-            oof = out_of_fold(members, ckpt, data_root=data_root, **tta)
+            oof = out_of_fold(members, options.at(ckpt), data_root=data_root)
             names.append(oof.name)
             val_dirs.append(oof.folder)
-            test_dirs.append([_member_dirs(r, ckpt, test_file, data_root, tta) for r in members])
+            test_dirs.append([_member_dir(r, options.at(ckpt), "test", test_file, data_root)
+                              for r in members])
             oofs.append(oof)
             truth = oof.truth
     classes = ClassTable.for_coco(load_coco(opened[0].data()[1]).categories)
@@ -127,21 +130,56 @@ def ensemble_inputs(runs: Sequence[str | os.PathLike | Run], test_file, data_roo
 
 
 def holdout_scores(runs: Sequence[str | os.PathLike | Run], holdout_file, data_root=None,
-                   checkpoint: str = "best", flips=("h",), scales=(1.0,),
+                   options: PredictOptions = PredictOptions(flips=("h",)),
                    weights: Sequence[float] | None = None) -> pd.DataFrame:
     """Every run alone and the soft and hard votes of all of them (with `weights`, one per run)
     on an annotated file none of them trained or validated on: a fold ensemble against its
     best single fold. Rows: classes then mIoU."""
-    from segkit.ensemble import score_ensembles, truth_at_size
+    from segkit.predict.ensemble import score_ensembles, truth_at_size
 
     opened = [Run.open(r) for r in runs]
     coco = load_coco(holdout_file)
     classes = ClassTable.for_coco(coco.categories)
     split = f"holdout_{coco.path.stem}"
-    dirs = [predict_run(run, split, coco.path, data_root,
-                        outputs_dir() / "predictions" / checkpoint_tag(run, checkpoint) / split,
-                        checkpoint, flips=tuple(flips), scales=tuple(scales)) for run in opened]
+    dirs = [_member_dir(run, options, split, coco.path, data_root) for run in opened]
     truth = truth_at_size(coco, classes, dirs[0].size)
     return score_ensembles(dirs, truth, [r.name for r in opened],
                            soft={"soft vote (all)": weights},
                            hard={"hard vote (all)": weights}).table
+
+
+@dataclass
+class CheckpointVote:
+    """05_predict's checkpoint vote: each checkpoint and their soft vote scored on the run's
+    validation file, and the vote's test submission (its local score beside it)."""
+
+    table: pd.DataFrame
+    miou: float
+    submission: Path
+
+
+def vote_checkpoints(run: str | os.PathLike | Run, options: PredictOptions, *,
+                     test_file: str = "test.json", data_root=None, name: str = ""
+                     ) -> CheckpointVote:
+    """Soft-vote `options.checkpoints` of one run (05's `checkpoints`): scored on the run's
+    validation file, and written as outputs/predictions/<name or run>/checkpoint_vote.csv,
+    checked against the test file, with its validation mIoU beside it.
+
+    Example:
+        vote_checkpoints("lite0_fold0", PredictOptions(checkpoints=["best", 400, 500]))
+    """
+    from segkit.predict.ensemble import score_ensembles
+    from segkit.submission.leaderboard import write_local_score
+
+    if len(options.checkpoints) < 2:
+        raise ParameterError(f"checkpoints={list(options.checkpoints)}: a vote needs at least "
+                             "two checkpoints")
+    run = Run.open(run)
+    root = Path(data_root) if data_root else run.data_root
+    members = ensemble_inputs([run], root / test_file, root, options)
+    votes = score_ensembles(members.val_dirs, members.truth, members.names,
+                            soft={"checkpoint vote": None})
+    csv = outputs_dir() / "predictions" / (name or run.name) / "checkpoint_vote.csv"
+    members.submit(csv, "soft", test_json=root / test_file)  # checked
+    write_local_score(csv, votes.miou["checkpoint vote"], "validation mIoU")
+    return CheckpointVote(votes.table, float(votes.miou["checkpoint vote"]), csv)

@@ -2,8 +2,8 @@
 scales) and sliding windows, and the resizing and reductions to the submission's size.
 
 Example:
-    >>> model = load_model("outputs/runs/efficientnet_lite0_fold0")              # doctest: +SKIP
-    >>> probs = predict_probs(model, [image], flips=("h",), scales=(0.75, 1.0))  # doctest: +SKIP
+    model = load_model("outputs/runs/efficientnet_lite0_fold0")
+    probs = predict_probs(model, [image], flips=("h",), scales=(0.75, 1.0))
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.checks import check_choice
-from segkit.errors import SegkitError
-from segkit.runs import Run
-from segkit.submission import SUBMISSION_SIZE
-
-REDUCTIONS = ("probs", "nearest", "max2x2")
+from segkit.core.checks import check_choice
+from segkit.core.errors import SegkitError
+from segkit.predict.options import REDUCTIONS
+from segkit.results.runs import Run
+from segkit.submission.codec import SUBMISSION_SIZE
 
 
 def pick_device(device: str | None = None) -> str:
@@ -35,7 +34,7 @@ def load_model(run: str | os.PathLike | Run | None = None, checkpoint: str = "be
     iteration's checkpoint), or from an explicit config + checkpoint path."""
     from mmseg.apis import init_model
 
-    import segkit.components  # noqa: F401  (registers segkit's parts before the config loads)
+    import segkit.train  # noqa: F401  (registers segkit's parts before the config loads)
 
     if run is not None:
         run = Run.open(run)
@@ -49,7 +48,7 @@ def load_model(run: str | os.PathLike | Run | None = None, checkpoint: str = "be
             raise SegkitError(f"{ckpt}: checkpoint not found")
     if not Path(config).exists():
         raise SegkitError(f"{config}: config not found")
-    from segkit.compat import quiet_model_loading
+    from segkit.train.compat import quiet_model_loading
 
     with quiet_model_loading():
         model = init_model(str(config), str(ckpt), device=pick_device(device))
@@ -127,12 +126,12 @@ def predict_probs(model, images: list[np.ndarray],
     image size when None.
 
     Example:
-        >>> probs = predict_probs(model, [image], flips=("h",), scales=(0.75, 1.0))  # doctest: +SKIP
+        probs = predict_probs(model, [image], flips=("h",), scales=(0.75, 1.0))
     """
     import torch
     import torch.nn.functional as F
 
-    from segkit.compat import autocast
+    from segkit.train.compat import autocast
 
     device = next(model.parameters()).device
     pre = model.data_preprocessor

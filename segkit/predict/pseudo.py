@@ -3,7 +3,7 @@
 From the stored probabilities of one prediction folder (or the weighted mean of several: a soft
 vote), each test image gets a full-size label map: the argmax class where the top probability
 reaches `threshold`, the ignore index (255) elsewhere. The stored 256x256 probabilities are
-resized to the image's size first (bilinear when growing, see `segkit.predict.resize_probs`),
+resized to the image's size first (bilinear when growing, see `segkit.predict.inference.resize_probs`),
 then argmax and confidence are taken, so the label maps are as sharp as the probabilities allow.
 
 A pseudo-label folder (`outputs/pseudo/<name>/`) holds:
@@ -11,14 +11,14 @@ A pseudo-label folder (`outputs/pseudo/<name>/`) holds:
     pseudo.json            COCO-style: the images, each with "seg_map": "labels/<id>.png", the
                            categories, no annotations, and "segkit": {"image_root": ...}, the
                            folder the file names are relative to (relative to this folder when
-                           possible), so `segkit.train.resolve_source` finds the images
+                           possible), so `segkit.train.sources.resolve_source` finds the images
     report.csv             per class: predicted pixels, kept pixels, share kept, share of all
     meta.json              the inputs, weights and threshold
 
 Example:
-    >>> result = pseudo_labels(["outputs/predictions/lite0_fold0/test"], "outputs/pseudo/t09",
-    ...                        threshold=0.9)                                  # doctest: +SKIP
-    >>> run(fold=0, extra_train_files=[result.coco_path])                      # doctest: +SKIP
+    result = pseudo_labels(["outputs/predictions/lite0_fold0/test"], "outputs/pseudo/t09",
+                           threshold=0.9)
+    run(fold=0, extra_train_files=[result.coco_path])
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit.checks import check_choice
-from segkit.classes import IGNORE_INDEX, ClassTable
-from segkit.errors import ParameterError, SegkitError
-from segkit.paths import atomic_folder
-from segkit.predict import PredictionSet, folder_weights
-from segkit.runs import Run
+from segkit.core.classes import IGNORE_INDEX, ClassTable
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.paths import atomic_folder
+from segkit.results.predictions import PredictionSet, folder_weights
+from segkit.results.runs import Run
 
 # Probabilities are stored in steps of 1/255 and resizing sums float32 weights: a pixel whose
 # top probability equals the threshold up to this rounding counts as reaching it.
@@ -59,6 +58,18 @@ class PseudoResult:
         """Share of all pixels that got a label (not 255)."""
         return float(self.report["kept_pixels"].sum() / max(self.report["predicted_pixels"].sum(),
                                                             1))
+
+
+def pseudo_dir(run_name: str, threshold: float, name: str = "") -> Path:
+    """outputs/pseudo/<name>, by default <run>_t<threshold> (06_pseudo_label's folder).
+
+    Example:
+        >>> pseudo_dir("lite0_fold0", 0.9).name
+        'lite0_fold0_t0.9'
+    """
+    from segkit.core.paths import outputs_dir
+
+    return outputs_dir() / "pseudo" / (name or f"{run_name}_t{threshold:g}")
 
 
 def check_threshold(threshold) -> float:
@@ -105,7 +116,7 @@ def _image_root_entry(image_root: Path, out_dir: Path) -> str:
 def _source_coco(folders, test_json, data_root):
     """The COCO file the predictions were made from, checked against the predictions, and the
     folder its file names are relative to."""
-    from segkit.coco import load_coco
+    from segkit.coco.files import load_coco
 
     if test_json is None:
         source = folders.folders[0].meta.get("source")
@@ -160,11 +171,10 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     """
     from tqdm import tqdm
 
-    from segkit.coco import write_coco, write_png
-    from segkit.eda import write_table
-    from segkit.inference import resize_probs
-    from segkit.paths import write_text_atomic
-    from segkit.vote import check_weights
+    from segkit.coco.files import write_coco, write_png
+    from segkit.core.paths import write_table, write_text_atomic
+    from segkit.predict.inference import resize_probs
+    from segkit.submission.vote import check_weights
 
     threshold = check_threshold(threshold)
     dirs = [pred_dirs] if isinstance(pred_dirs, (str, os.PathLike)) else list(pred_dirs)
@@ -217,8 +227,8 @@ def show_examples(result: PseudoResult, classes: ClassTable | None = None,
                   image_ids: Sequence[int] | None = None, count: int = 3):
     """Image, pseudo labels over it (ignored pixels white) and the ignore mask, one row per
     image: by default the images with the lowest, middle and highest share of kept pixels."""
-    from segkit.coco import load_coco, read_image, read_label
-    from segkit.sources import resolve_source
+    from segkit.coco.files import load_coco, read_image, read_label
+    from segkit.train.sources import resolve_source
     from segkit.viz import legend_handles, overlay, show_grid
 
     ann_file, root = resolve_source(result.coco_path)
@@ -263,8 +273,7 @@ def round_comparison(run_dirs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
     mIoU last, and the change from the first run to each other one.
 
     Example:
-        >>> round_comparison({"round 1": "outputs/runs/a", "round 2": "outputs/runs/a_pseudo"})
-        ...                                                                    # doctest: +SKIP
+        round_comparison({"round 1": "outputs/runs/a", "round 2": "outputs/runs/a_pseudo"})
     """
     if not run_dirs:
         raise ParameterError("round_comparison needs at least one run folder")

@@ -36,8 +36,8 @@ Example:
 
 from __future__ import annotations
 
-from segkit.errors import ParameterError
-from segkit.options import check_probability, named_item
+from segkit.core.errors import ParameterError
+from segkit.core.options import check_probability, named_item
 
 # name: (mmseg transform, kind, default options, the transform's own probability argument)
 MMSEG_TRANSFORMS = {

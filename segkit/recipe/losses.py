@@ -1,17 +1,11 @@
-"""TODO docstring"""
+"""Loss texts (`ce`, `ce:1.0+lovasz:0.5`, ...) checked and turned into mmseg `loss_decode`
+configs; plain data, no torch (the loss modules themselves are in segkit.train.losses).
+"""
 
 from __future__ import annotations
 
-import os
-import warnings
-import numpy as np
-import torch
-from mmseg.registry import MODELS
-from torch import nn
-from segkit.classes import IGNORE_INDEX, ClassTable
-from segkit.coco import load_coco
-from segkit.errors import ParameterError
-
+from segkit.core.classes import IGNORE_INDEX
+from segkit.core.errors import ParameterError
 
 # the named terms of `loss` (today's "ce", "focal", "dice", "ce+dice" are sums of them)
 LOSS_TERMS = ("ce", "focal", "dice", "lovasz", "ohem", "smooth_ce")
@@ -20,7 +14,7 @@ LOSS_TERMS = ("ce", "focal", "dice", "lovasz", "ohem", "smooth_ce")
 def loss_terms(loss: str) -> list[tuple[str, float]]:
     """[(term, weight)] of a loss text: terms joined by `+`, each `name` or `name:weight`,
     e.g. "ce:1.0+lovasz:0.5" (today's "ce+dice" is "ce:1+dice:1")."""
-    from segkit.options import named_item
+    from segkit.core.options import named_item
 
     if not isinstance(loss, str) or not loss.strip():
         raise ParameterError(f"loss={loss!r}; expected terms like 'ce', 'focal' or "

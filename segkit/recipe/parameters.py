@@ -1,6 +1,6 @@
 """Every training parameter, held once: its default, what it means, and what it accepts.
 
-`04_train`'s parameters cell, `python -m segkit train --help`, `segkit.train.run`, pipeline
+`04_train`'s parameters cell, `python -m segkit train --help`, `segkit.train.training.run`, pipeline
 specs and the tests all read this table. The defaults train the CPU-sized model on the embedded
 sample in a few minutes; on real data and GPUs pass sizes and schedules of your own.
 Values may also come as text (papermill's `-p`, the CLI's `key=value`): text is read as YAML
@@ -14,14 +14,18 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from segkit.errors import ParameterError
+from segkit.core.errors import ParameterError
+from segkit.core.options import cfg_options
+from segkit.recipe.augment import check_augment
+from segkit.recipe.losses import check_loss
+from segkit.recipe.schedules import check_schedule
 
-SCHEDULES = ("poly", "cosine", "cosine_restarts", "step", "onecycle")  # segkit.schedules
 OPTIMIZERS = ("AdamW", "SGD")
 AVERAGING = (None, "ema", "swa")
-LOSSES = ("ce", "focal", "dice", "ce+dice")  # the first names; any sum of segkit.losses terms
+LOSSES = ("ce", "focal", "dice", "ce+dice")  # the first names; any sum of segkit.train.losses terms
 CONFIG_MODES = ("segkit", "whole")
 WEIGHTS = ("auto", "none", "backbone", "zoo")
 LAUNCHERS = ("auto", "none", "pytorch", "slurm")
@@ -40,7 +44,7 @@ class Parameter:
     minimum: float | None = None
     choices: tuple | None = None
     optional: bool = False
-    check: str | None = None  # "module:function" returning the checked value
+    check: Callable | None = None  # returns the checked value
 
 
 P = Parameter
@@ -55,7 +59,7 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     P("val_file", "", "an explicit validation COCO file (with train_file)", "path"),
     P("extra_train_files", [], "more training sources: copy-paste output, pseudo labels",
       "list"),
-    P("model", "efficientnet_lite0", "a catalogue name (segkit.models.CATALOGUE) or an mmseg "
+    P("model", "efficientnet_lite0", "a catalogue name (segkit.train.models.CATALOGUE) or an mmseg "
       "config .py"),
     P("weights", "auto", "auto | none | backbone | zoo (the whole ADE20K model)",
       choices=WEIGHTS),
@@ -83,16 +87,16 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     P("weight_decay", 0.01, "weight decay (not applied to normalisation layers)", "float", 0),
     P("warmup_iters", 50, "linear warm-up iterations", "int", 0),
     P("schedule", "poly", "poly | cosine | cosine_restarts | step | onecycle, after the "
-      "warm-up; with options: {step: {milestones: [0.6, 0.9]}} (segkit.schedules)", "any",
-      check="segkit.schedules:check_schedule"),
+      "warm-up; with options: {step: {milestones: [0.6, 0.9]}} (segkit.recipe.schedules)", "any",
+      check=check_schedule),
     P("loss", "ce", "a sum of weighted terms ce, focal, dice, lovasz, ohem, smooth_ce: "
       "'ce+dice', 'ce:1.0+lovasz:0.5' (all skip ignored pixels)",
-      check="segkit.losses:check_loss"),
+      check=check_loss),
     P("class_weights", None, "loss weight per class: one number per class, 'balanced', or "
       "None", "any"),
     P("augment", ["flip", "resize_crop"], "names, 'name:prob' or {name: {prob: p, option: "
       "value}}: flip vflip resize_crop rotate rot_flip photometric clahe cutout mosaic noise "
-      "hsv ... cutmix classmix (segkit.augment)", "list", check="segkit.augment:check_augment"),
+      "hsv ... cutmix classmix (segkit.recipe.augment)", "list", check=check_augment),
     P("amp", False, "mixed precision: fp16 on GPU, bf16 on CPUs that have it", "bool"),
     P("averaging", None, "None | ema | swa (mmengine's EMAHook)", choices=AVERAGING,
       optional=True),
@@ -113,7 +117,7 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
       "model config file as written; segkit supplies data, classes, run folder)",
       choices=CONFIG_MODES),
     P("cfg_options", {}, "mmengine dot keys set last, e.g. {model.decode_head.dropout_ratio: "
-      "0.2}", "any", check="segkit.config_modes:check_cfg_options"),
+      "0.2}", "any", check=cfg_options),
     P("launcher", "auto", "auto (torchrun / Slurm detected) | none | pytorch | slurm",
       choices=LAUNCHERS),
 )
@@ -187,12 +191,6 @@ def _check_one(p: Parameter, value):
     return value
 
 
-def _checker(path: str):
-    import importlib
-
-    module, _, function = path.partition(":")
-    return getattr(importlib.import_module(module), function)
-
 
 def check_training_parameters(params: dict) -> dict:
     """Every training parameter, checked and completed with the defaults: an unknown name, a
@@ -206,7 +204,7 @@ def check_training_parameters(params: dict) -> dict:
     for name, value in params.items():
         checked[name] = _check_one(BY_NAME[name], value)
         if BY_NAME[name].check:
-            checked[name] = _checker(BY_NAME[name].check)(checked[name])
+            checked[name] = BY_NAME[name].check(checked[name])
     if checked["crop_size"] > checked["image_size"]:
         raise ParameterError(f"crop_size {checked['crop_size']} is larger than image_size "
                              f"{checked['image_size']}")
@@ -225,14 +223,33 @@ def check_training_parameters(params: dict) -> dict:
     return checked
 
 
+# the annotation each kind gets in 04_train's parameters cell, as papermill --help-notebook
+# reads them (its pattern takes no `|`: unions are quoted typing names, never evaluated)
+ANNOTATIONS = {"str": "str", "path": "str", "int": "int", "float": "float", "bool": "bool",
+               "list": "list"}
+ANY_ANNOTATIONS = {"schedule": '"Union[str, dict]"', "class_weights": '"Union[str, list, None]"',
+                   "cfg_options": "dict"}
+
+
+def annotation(p: Parameter) -> str:
+    """The type annotation of a parameter as 04_train's cell declares it.
+
+    Example:
+        >>> annotation(BY_NAME["epochs"]), annotation(BY_NAME["lr"])
+        ('"Optional[int]"', 'float')
+    """
+    base = ANY_ANNOTATIONS.get(p.name, "object") if p.kind == "any" else ANNOTATIONS[p.kind]
+    return f'"Optional[{base}]"' if p.optional and "None" not in base else base
+
+
 def parameters_cell() -> str:
-    """The text of 04_train's `parameters` cell: every parameter with its default and meaning
-    (a test keeps the notebook's cell equal to it)."""
+    """The text of 04_train's `parameters` cell: every parameter with its type, default and
+    meaning (a test keeps the notebook's cell equal to it)."""
     import json
 
     lines = []
     for p in TRAINING_PARAMETERS:
         value = "None" if p.default is None else json.dumps(p.default) \
             if isinstance(p.default, (str, list)) else repr(p.default)
-        lines.append(f"{p.name + ' = ' + value:<36}# {p.help}")
+        lines.append(f"{p.name + ': ' + annotation(p) + ' = ' + value:<44}# {p.help}")
     return "\n".join(lines)

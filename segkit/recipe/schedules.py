@@ -18,8 +18,8 @@ Example:
 
 from __future__ import annotations
 
-from segkit.errors import ParameterError
-from segkit.options import named_item
+from segkit.core.errors import ParameterError
+from segkit.core.options import named_item
 
 SCHEDULE_OPTIONS = {
     "poly": {"power": 1.0, "eta_min": 0.0},

@@ -1,4 +1,7 @@
-"""TODO docstring"""
+"""Reading prediction folders (what 05_predict writes, 06 / 07 / 08 read), without torch:
+quantised probabilities, meta.json, one folder (PredictionFolder), several weighted together
+(PredictionSet), and scoring a folder against its COCO file (evaluate).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
-from segkit.checks import check_choice
-from segkit.errors import ParameterError, SegkitError
-from segkit.paths import atomic_path, outputs_dir, read_json_file, write_text_atomic
-from segkit.runs import Run
-from segkit.submission import SUBMISSION_SIZE
-from segkit.vote import check_weights
 
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.paths import atomic_path, read_json_file, write_text_atomic
+from segkit.submission.vote import check_weights
 
 PROB_SCALE = 255.0
 
@@ -117,9 +118,19 @@ class PredictionFolder:
                               f"{probs.dtype} {probs.shape}")
         return probs
 
+    def missing_files(self, labels: bool = False) -> list[Path]:
+        """The files meta.json promises that are not there: one probabilities file per image,
+        a label map per image when `labels`, and the submission of a test split."""
+        wanted = [self.path / "probs" / f"{img['id']}.npy" for img in self.images]
+        if labels:
+            wanted += [self.path / "labels" / f"{img['id']}.png" for img in self.images]
+        if self.split == "test":
+            wanted.append(self.submission)
+        return [p for p in wanted if not p.is_file()]
+
     def label(self, image_id) -> np.ndarray | None:
         """The full-size label map (labels/<id>.png), or None when it was not kept."""
-        from segkit.coco import read_label
+        from segkit.coco.files import read_label
 
         path = self.path / "labels" / f"{image_id}.png"
         return read_label(path) if path.exists() else None
@@ -139,8 +150,8 @@ class PredictionSet:
     """Prediction folders checked to agree (classes, size, the same images), read together.
 
     Example:
-        >>> folders = PredictionSet.open(["a/val", "b/val"])                   # doctest: +SKIP
-        >>> total = folders.weighted_sum(folders.images[0]["id"], [2, 1])     # doctest: +SKIP
+        folders = PredictionSet.open(["a/val", "b/val"])
+        total = folders.weighted_sum(folders.images[0]["id"], [2, 1])
     """
 
     folders: list[PredictionFolder]
@@ -233,10 +244,10 @@ def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
     shrunk by nearest neighbour."""
     import cv2
 
-    from segkit.classes import ClassTable
-    from segkit.coco import cached_label_maps, read_label
-    from segkit.metrics import ConfusionMatrix, miou, per_class_accuracy, per_class_iou
-    from segkit.vote import argmax_classes
+    from segkit.coco.files import cached_label_maps, read_label
+    from segkit.core.classes import ClassTable
+    from segkit.core.metrics import ConfusionMatrix, miou, per_class_accuracy, per_class_iou
+    from segkit.submission.vote import argmax_classes
 
     folder = PredictionFolder(pred_dir)
     classes = classes or ClassTable.for_coco(coco.categories)

@@ -1,19 +1,18 @@
 """Compare training runs (08_report): one table of every run, curves and per-class IoU.
 
 Example:
-    >>> table = runs_table()                        # every run under outputs/runs    # doctest: +SKIP
-    >>> table.sort_values("best_mIoU", ascending=False).head()                         # doctest: +SKIP
+    table = runs_table()                        # every run under outputs/runs
+    table.sort_values("best_mIoU", ascending=False).head()
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 
-from segkit.errors import SegkitError
-from segkit.runs import Run, find_runs
+from segkit.core.errors import SegkitError
+from segkit.results.runs import Run, find_runs
 
 # the parameters worth a column when runs are compared side by side
 KEY_PARAMETERS = ("model", "fold", "image_size", "crop_size", "batch_size", "iters", "lr",

@@ -6,8 +6,8 @@ parameter), config.py (the mmseg config), environment.json, checkpoints (`best_m
 `iter_N.pth`, `last_checkpoint`), `<timestamp>/vis_data/scalars.json` logs and summary.json.
 
 Example:
-    >>> run = Run.open("efficientnet_lite0_fold0")           # a name, or a path   # doctest: +SKIP
-    >>> run.checkpoint("best"), run.summary().best_miou                            # doctest: +SKIP
+    run = Run.open("efficientnet_lite0_fold0")           # a name, or a path
+    run.checkpoint("best"), run.summary().best_miou
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit.errors import ParameterError, SegkitError
-from segkit.paths import PROJECT_ROOT, outputs_dir, read_json_file, resolve_output_path
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.paths import PROJECT_ROOT, outputs_dir, read_json_file, resolve_output_path
 
 
 @dataclass
@@ -205,13 +205,13 @@ class Run:
 
     @property
     def data_root(self) -> Path:
-        from segkit.sample import resolve_data_root
+        from segkit.data.sample import resolve_data_root
 
         return resolve_data_root(self.parameters.get("data_root") or "")
 
     def fold_files(self) -> tuple[Path, Path]:
         """(train, val) COCO files the run was trained and validated on."""
-        from segkit.split import fold_files
+        from segkit.folds.files import fold_files
 
         params = self.parameters
         if params.get("train_file") and params.get("val_file"):
@@ -229,7 +229,7 @@ def find_runs(runs_root: str | os.PathLike | None = None, fold: int | None = Non
               checkpoint: str = "last") -> list[Run]:
     """Run folders under `runs_root` (default outputs/runs) holding the `checkpoint`, sorted by
     name; with `fold`, only those validated on that fold's file in outputs/splits."""
-    from segkit.split import fold_files
+    from segkit.folds.files import fold_files
 
     root = Path(runs_root) if runs_root else outputs_dir() / "runs"
     if not root.is_dir():

@@ -7,8 +7,8 @@ one row per test image in test.json order. `image_id` is the image's `file_name`
 
 Speed: the values are small integers, so a row's text is built in numpy from a table of the
 digit bytes of each value (`RowEncoder`); reading turns the row's bytes into integers the same
-way (`RowDecoder`), never through `str.split` and `int`. `segkit.submission` writes and
-validates files with these, `segkit.submission_reader` reads them.
+way (`RowDecoder`), never through `str.split` and `int`. `segkit.submission.files` writes and
+validates files with these, `segkit.submission.reader` reads them.
 
 Example:
     >>> import numpy as np
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segkit.errors import ParameterError
+from segkit.core.errors import ParameterError
 
 HEADER = "image_id,PredictionString"
 SUBMISSION_SIZE = (256, 256)

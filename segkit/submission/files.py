@@ -19,6 +19,7 @@ Example:
     >>> _ = write_submission(path, ["a.jpg", "b.jpg"], labels, size=(2, 3))
     >>> open(path).read().splitlines()[1:]
     ['a.jpg,0 0 0 0 0 0', 'b.jpg,10 10 10 10 10 10']
+    >>> from segkit.submission.reader import read_submission
     >>> names, values = read_submission(path, size=(2, 3))
     >>> names, values.shape
     (['a.jpg', 'b.jpg'], (2, 6))
@@ -35,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.errors import SubmissionError
-from segkit.paths import atomic_path
-from segkit.submission_codec import (  # noqa: F401  (the format's constants live there)
+from segkit.core.errors import SubmissionError
+from segkit.core.paths import atomic_path
+from segkit.submission.codec import (
     HEADER,
     NUM_CLASSES,
     READ_BUFFER,
@@ -46,12 +47,10 @@ from segkit.submission_codec import (  # noqa: F401  (the format's constants liv
     RowEncoder,
     check_parameters,
 )
-from segkit.submission_reader import (  # noqa: F401  (reading lives there)
+from segkit.submission.reader import (
     header_problem,
-    iter_submission,
     max_line_length,
     read_lines,
-    read_submission,
     split_row,
     unterminated,
 )
@@ -108,8 +107,8 @@ def submission_writer(path: str | os.PathLike, num_classes: int = NUM_CLASSES,
     """Stream rows into a submission; the file appears only if the block ends without error.
 
     Example:
-        >>> with submission_writer("sub.csv", size=(2, 2)) as writer:      # doctest: +SKIP
-        ...     writer.write_row("a.jpg", np.zeros((2, 2), np.uint8))
+        with submission_writer("sub.csv", size=(2, 2)) as writer:
+            writer.write_row("a.jpg", np.zeros((2, 2), np.uint8))
     """
     size = check_parameters(num_classes, size)
     path = Path(path)
@@ -127,7 +126,7 @@ def write_submission(path: str | os.PathLike, file_names: Sequence[str],
     a bad or repeated name, or a count mismatch raises a SubmissionError and leaves no file.
 
     Example:
-        >>> write_submission("sub.csv", names, (predict(img) for img in images))  # doctest: +SKIP
+        write_submission("sub.csv", names, (predict(img) for img in images))
     """
     names = list(file_names)
     path = Path(path)
@@ -182,11 +181,11 @@ def validate_submission(path: str | os.PathLike, test_json: str | os.PathLike,
     once, not every row after it).
 
     Example:
-        >>> for problem in validate_submission("sub.csv", "data/test.json"):  # doctest: +SKIP
-        ...     print(problem)
+        for problem in validate_submission("sub.csv", "data/test.json"):
+            print(problem)
     """
-    from segkit.classes import ClassTable
-    from segkit.coco import load_coco
+    from segkit.coco.files import load_coco
+    from segkit.core.classes import ClassTable
 
     test = load_coco(test_json)
     if num_classes is None:

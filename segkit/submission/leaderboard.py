@@ -9,8 +9,8 @@ bytes it scored, the score, what kind of score); `leaderboard_table` joins the t
 so a submission rewritten since it was uploaded shows no local score.
 
 Example:
-    >>> record_score("outputs/ensembles/ensemble_oof.csv", 0.7256, note="5 folds")  # doctest: +SKIP
-    >>> leaderboard_table()[["submission", "leaderboard", "local"]]                  # doctest: +SKIP
+    record_score("outputs/ensembles/ensemble_oof.csv", 0.7256, note="5 folds")
+    leaderboard_table()[["submission", "leaderboard", "local"]]
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from segkit.errors import ParameterError, SegkitError
-from segkit.paths import outputs_dir, write_text_atomic
-from segkit.submission_codec import HEADER
+from segkit.core.errors import ParameterError, SegkitError
+from segkit.core.paths import outputs_dir, write_text_atomic
+from segkit.submission.codec import HEADER
 
 
 def leaderboard_file() -> Path:

@@ -2,13 +2,13 @@
 
 Rows are numbered as a spreadsheet shows them: the header is row 1, the first image row 2.
 Every error names the file and the row. Lines are read in large chunks into one reused
-buffer and each row's PredictionString is decoded by `segkit.submission_codec.RowDecoder`;
-memory holds one row at a time. `segkit.submission.validate_submission` uses the same line
+buffer and each row's PredictionString is decoded by `segkit.submission.codec.RowDecoder`;
+memory holds one row at a time. `segkit.submission.files.validate_submission` uses the same line
 reader to list every problem of a file at once.
 
 Example:
-    >>> names, values = read_submission("sub.csv")                        # doctest: +SKIP
-    >>> values[0].reshape(256, 256)                                       # doctest: +SKIP
+    names, values = read_submission("sub.csv")
+    values[0].reshape(256, 256)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.errors import SubmissionError
-from segkit.submission_codec import (
+from segkit.core.errors import SubmissionError
+from segkit.submission.codec import (
     HEADER,
     NUM_CLASSES,
     READ_BUFFER,
@@ -162,8 +162,8 @@ def iter_submission(path: str | os.PathLike, num_classes: int = NUM_CLASSES,
     row at a time. Run `validate_submission` to list every problem at once.
 
     Example:
-        >>> for row, name, values in iter_submission("sub.csv"):          # doctest: +SKIP
-        ...     label_map = values.reshape(256, 256)
+        for row, name, values in iter_submission("sub.csv"):
+            label_map = values.reshape(256, 256)
     """
     size = check_parameters(num_classes, size)
     path = Path(path)
@@ -192,8 +192,8 @@ def read_submission(path: str | os.PathLike, num_classes: int = NUM_CLASSES,
     """The whole submission: (image_ids in row order, uint8 array (N, H*W)).
 
     Example:
-        >>> names, values = read_submission("sub.csv")                    # doctest: +SKIP
-        >>> values[0].reshape(256, 256)                                   # doctest: +SKIP
+        names, values = read_submission("sub.csv")
+        values[0].reshape(256, 256)
     """
     names, rows = [], []
     for _, name, values in iter_submission(path, num_classes, size):

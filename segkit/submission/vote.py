@@ -9,7 +9,7 @@ voting for any of the tied classes. So with equal weights, permuting the inputs 
 only pixels where two or more classes tie exactly.
 
 Soft vote: the weighted sum of the models' quantised probabilities, argmax per pixel (a tie
-between classes goes to the lower class index); segkit.ensemble applies it to prediction
+between classes goes to the lower class index); segkit.predict.ensemble applies it to prediction
 folders.
 
 Example:
@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.errors import ParameterError, SubmissionError
-from segkit.submission import NUM_CLASSES, SUBMISSION_SIZE, iter_submission, submission_writer
+from segkit.core.errors import ParameterError, SubmissionError
+from segkit.submission.codec import NUM_CLASSES, SUBMISSION_SIZE
+from segkit.submission.files import submission_writer
+from segkit.submission.reader import iter_submission
 
 
 def check_weights(weights: Sequence[float] | None, count: int, what: str) -> np.ndarray:
@@ -180,7 +182,7 @@ def hard_vote(csv_paths: Sequence[str | os.PathLike], out_path: str | os.PathLik
     a SubmissionError names the file and row and no output exists.
 
     Example:
-        >>> hard_vote(["fold0.csv", "fold1.csv", "fold2.csv"], "vote.csv")   # doctest: +SKIP
+        hard_vote(["fold0.csv", "fold1.csv", "fold2.csv"], "vote.csv")
     """
     paths = [Path(p) for p in csv_paths]
     if len(paths) < 2:

@@ -10,8 +10,8 @@ Random numbers come from torch's generator (saved and restored by segkit's RNGSt
 resumed run mixes as an uninterrupted one does).
 
 Example:
-    >>> model["data_preprocessor"] = dict(type="MixSegDataPreProcessor", ...,
-    ...     batch_augments=[dict(type="SegCutMix", prob=0.5)])      # doctest: +SKIP
+    model["data_preprocessor"] = dict(type="MixSegDataPreProcessor", ...,
+        batch_augments=[dict(type="SegCutMix", prob=0.5)])
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.registry import MODELS
 
-from segkit.classes import IGNORE_INDEX
+from segkit.core.classes import IGNORE_INDEX
 
 
 def _labels(samples) -> list[torch.Tensor]:

@@ -10,7 +10,7 @@ SyncBN becomes BN outside distributed runs, and `work_dir`, `launcher` and `cust
 are set. Everything else (model, schedule, optimizer, hooks, iterations) is the file's.
 
 Example:
-    >>> cfg = apply_cfg_options(cfg, {"model.decode_head.dropout_ratio": 0.2})  # doctest: +SKIP
+    cfg = apply_cfg_options(cfg, {"model.decode_head.dropout_ratio": 0.2})
 """
 
 from __future__ import annotations
@@ -18,19 +18,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from segkit.errors import ParameterError
-from segkit.options import cfg_options as parse_cfg_options
+from segkit.core.errors import ParameterError
+from segkit.core.options import cfg_options as parse_cfg_options
 
 # the parameters whole mode reads; any other one set away from its default is ignored (and
 # a warning names it)
 WHOLE_MODE_PARAMETERS = {"data_root", "fold", "splits_dir", "train_file", "val_file",
                          "extra_train_files", "model", "load_from", "run_name", "work_dir",
                          "resume", "launcher", "cfg_options", "config_mode", "weights"}
-
-
-def check_cfg_options(value) -> dict:
-    """The `cfg_options` parameter as a mapping of dot keys to values."""
-    return parse_cfg_options(value)
 
 
 def _child(node, part: str, key: str):
@@ -71,7 +66,7 @@ def apply_cfg_options(cfg: dict, options) -> dict:
 
 def warn_ignored(p: dict) -> None:
     """A warning naming every parameter set away from its default that whole mode ignores."""
-    from segkit.train_parameters import defaults
+    from segkit.recipe.parameters import defaults
 
     default = defaults()
     ignored = sorted(k for k, v in p.items()
@@ -101,8 +96,13 @@ def _dataset(node: dict, sources: list, metainfo: dict, test_mode: bool) -> dict
 def whole_config(p: dict, config_file: Path, train_sources: list, val_sources: list,
                  classes, work_dir: Path, launcher: str) -> dict:
     """An mmseg config file as written, on the run's data, classes and run folder."""
-    from segkit import compat
-    from segkit.models import _read_config, _set_num_classes, _strip_backbone_init, zoo_weights
+    from segkit.train import compat
+    from segkit.train.models import (
+        _read_config,
+        _set_num_classes,
+        _strip_backbone_init,
+        zoo_weights,
+    )
 
     warn_ignored(p)
     cfg = _read_config(config_file).to_dict()
@@ -129,7 +129,7 @@ def whole_config(p: dict, config_file: Path, train_sources: list, val_sources: l
         cfg["load_from"] = zoo_weights(config_file, None)
     imports = (cfg.get("custom_imports") or {}).get("imports", [])
     imports = [imports] if isinstance(imports, str) else list(imports)
-    cfg["custom_imports"] = dict(imports=list(dict.fromkeys([*imports, "segkit.components"])),
+    cfg["custom_imports"] = dict(imports=list(dict.fromkeys([*imports, "segkit.train"])),
                                  allow_failed_imports=False)
     cfg.setdefault("visualizer", dict(type="SegLocalVisualizer", name="visualizer",
                                       vis_backends=[dict(type="LocalVisBackend")]))

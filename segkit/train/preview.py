@@ -2,7 +2,7 @@
 drawn for 04_train.
 
 Example:
-    >>> show_augmented({"augment": ["flip", "rotate:0.5", "cutmix"]}, n=8)     # doctest: +SKIP
+    show_augmented({"augment": ["flip", "rotate:0.5", "cutmix"]}, n=8)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def augmented_samples(params: dict, n: int = 8, seed: int = 0):
     from mmseg.registry import DATASETS, MODELS
     from mmseg.utils import stack_batch
 
-    from segkit.train import build_config
+    from segkit.train.training import build_config
 
     cfg = build_config(**params)
     init_default_scope("mmseg")
@@ -45,9 +45,10 @@ def augmented_samples(params: dict, n: int = 8, seed: int = 0):
 
 def show_augmented(params: dict, n: int = 8, seed: int = 0, per_row: int = 4):
     """A figure of `n` augmented training samples: each image, and its labels over it."""
-    from segkit.classes import ClassTable
-    from segkit.coco import load_coco
-    from segkit.train import check_training_parameters, training_files
+    from segkit.coco.files import load_coco
+    from segkit.core.classes import ClassTable
+    from segkit.recipe.parameters import check_training_parameters
+    from segkit.train.training import training_files
     from segkit.viz import overlay, show_grid
 
     p = check_training_parameters(params)

@@ -1,41 +1,19 @@
-"""TODO docstring"""
+"""The runner segkit registers with mmengine: a quiet console (environment, config and hook table
+go to the run's log file).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-from collections import OrderedDict
-import numpy as np
-from segkit import compat
-import torch  # noqa: E402
-from mmengine.dist import is_main_process  # noqa: E402
-from mmengine.hooks import CheckpointHook, Hook  # noqa: E402
-from mmengine.logging import MMLogger, print_log  # noqa: E402
-from mmengine.logging.logger import MMFormatter  # noqa: E402
-from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
-from mmengine.optim.scheduler import OneCycleLR  # noqa: E402
-from mmengine.registry import (  # noqa: E402
-    HOOKS,
-    OPTIM_WRAPPER_CONSTRUCTORS,
-    PARAM_SCHEDULERS,
+
+from mmengine.dist import is_main_process
+from mmengine.logging import MMLogger
+from mmengine.logging.logger import MMFormatter
+from mmengine.registry import (
     RUNNERS,
 )
-from mmengine.runner import Runner  # noqa: E402
-from mmseg.datasets import BaseSegDataset  # noqa: E402
-from mmseg.engine.hooks import SegVisualizationHook  # noqa: E402
-from mmseg.evaluation import IoUMetric  # noqa: E402
-from mmseg.registry import DATASETS, METRICS  # noqa: E402
-from torch.nn import GroupNorm, LayerNorm  # noqa: E402
-from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
-from torch.nn.modules.instancenorm import _InstanceNorm  # noqa: E402
-import segkit.backbones  # noqa: E402,F401  (registers ConvNeXt, EfficientNetLite0)
-import segkit.batch_mix  # noqa: E402,F401  (registers SegCutMix, SegClassMix, MixSegDataPreProcessor)
-import segkit.data_cache  # noqa: E402,F401  (registers the cached-image transforms)
-import segkit.losses  # noqa: E402,F401  (registers the losses that skip ignored pixels)
-from segkit.classes import ClassTable  # noqa: E402
-from segkit.metrics import iou_from_areas, mean_iou  # noqa: E402
-from segkit.sources import data_list  # noqa: E402
+from mmengine.runner import Runner
 
 
 class _DropRecords(logging.Filter):
@@ -79,7 +57,7 @@ class SegkitRunner(Runner):
         return logger
 
     def dump_config(self) -> None:
-        # segkit.train.run has saved the run's config.py; mmengine would add a second copy
+        # segkit.train.training.run has saved the run's config.py; mmengine would add a second copy
         # (<timestamp>.py) beside it
         if not os.path.exists(os.path.join(self.work_dir, "config.py")):
             super().dump_config()

@@ -2,7 +2,7 @@
 folders their images live in, turned into mmseg's data infos.
 
 Example:
-    >>> ann_file, image_root = resolve_source("copy_paste/fold0/annotations.json")  # doctest: +SKIP
+    ann_file, image_root = resolve_source("copy_paste/fold0/annotations.json")
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import json
 import os
 from pathlib import Path
 
-from segkit.classes import ClassTable
-from segkit.coco import cached_label_maps, load_coco
-from segkit.errors import CocoError
-from segkit.paths import resolve_output_path
+from segkit.coco.files import cached_label_maps, load_coco
+from segkit.core.classes import ClassTable
+from segkit.core.errors import CocoError
+from segkit.core.paths import resolve_output_path
 
 
 def resolve_source(source, data_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
@@ -62,27 +62,12 @@ def data_list(sources, classes: ClassTable, data_root=None) -> list[dict]:
     return infos
 
 
-def fold_folder(data_root: str | os.PathLike = "", splits_dir: str | os.PathLike = "") -> Path:
-    """The folder of 02_split's fold files: `splits_dir`, default outputs/splits. On the
-    embedded sample (no data root, no splits_dir) missing folds are made with 02_split's
-    defaults, so 03 and 04 run on their own; real data must be split explicitly (02_split)."""
-    from segkit.paths import outputs_dir
-    from segkit.sample import resolve_data_root
-    from segkit.split import available_folds, split_file
-
-    folder = resolve_output_path(splits_dir) if splits_dir else outputs_dir() / "splits"
-    if not os.fspath(data_root) and not splits_dir and not available_folds(folder):
-        print(f"no fold files in {folder}: making them with 02_split's defaults")
-        split_file(resolve_data_root("") / "train_all.json", folder)
-    return folder
-
-
 def check_training_data(sources: list, val_sources: list, data_root=None) -> None:
     """Everything training will read, checked before the first iteration (not hours into a GPU
     run): each source's COCO file (with annotations, unless it brings its own label maps as
     pseudo labels do), every image it lists (there, decodable, the JSON's size), and the same
     categories in every file. One CocoError names the file and the entries."""
-    from segkit.coco import check_image_files, check_same_categories
+    from segkit.coco.files import check_image_files, check_same_categories
 
     cocos = []
     for source in list(sources) + list(val_sources):

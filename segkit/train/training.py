@@ -2,16 +2,16 @@
 
 The config is a plain mmseg/mmengine dict config with the names its users know (`model`,
 `train_dataloader`, `optim_wrapper`, `param_scheduler`, `default_hooks`, ...), dumped into the
-run folder beside every parameter (segkit.train_parameters holds them and their defaults), the
+run folder beside every parameter (segkit.recipe.parameters holds them and their defaults), the
 package versions and the git commit. Data comes from COCO files through `CocoSegDataset`
-(segkit.components), which reads segkit's cached label maps, so nothing is rasterised per
-epoch. The saved config names segkit.components in `custom_imports`, so mmseg's own tools load
+(segkit.train), which reads segkit's cached label maps, so nothing is rasterised per
+epoch. The saved config names segkit.train in `custom_imports`, so mmseg's own tools load
 it.
 
 Example:
-    >>> from segkit.train import run
-    >>> result = run(model="efficientnet_lite0", fold=0, iters=2000, crop_size=256)  # doctest: +SKIP
-    >>> result.best_miou, result.best_checkpoint                                    # doctest: +SKIP
+    from segkit.train.training import run
+    result = run(model="efficientnet_lite0", fold=0, iters=2000, crop_size=256)
+    result.best_miou, result.best_checkpoint
 """
 
 from __future__ import annotations
@@ -28,21 +28,23 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit import compat
-from segkit.augment import batch_augments, pipelines
-from segkit.classes import ClassTable
-from segkit.coco import load_coco
-from segkit.config_modes import apply_cfg_options
-from segkit.errors import ParameterError
-from segkit.losses import balanced_class_weights, loss_config
-from segkit.models import model_config
-from segkit.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_text_atomic
-from segkit.runs import Run, RunResult
-from segkit.sample import resolve_data_root
-from segkit.schedules import schedulers
-from segkit.sources import check_training_data, data_list, dataset_sources, fold_folder
-from segkit.tracking import vis_backends, visualization_hook
-from segkit.train_parameters import TRAINING_PARAMETERS, check_training_parameters
+from segkit.coco.files import load_coco
+from segkit.core.classes import ClassTable
+from segkit.core.errors import ParameterError
+from segkit.core.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_text_atomic
+from segkit.data.sample import resolve_data_root
+from segkit.folds.split import fold_folder
+from segkit.recipe.augment import batch_augments, pipelines
+from segkit.recipe.losses import loss_config
+from segkit.recipe.parameters import TRAINING_PARAMETERS, check_training_parameters
+from segkit.recipe.schedules import schedulers
+from segkit.results.runs import Run, RunResult
+from segkit.train import compat
+from segkit.train.config_modes import apply_cfg_options
+from segkit.train.losses import balanced_class_weights
+from segkit.train.models import model_config
+from segkit.train.sources import check_training_data, data_list, dataset_sources
+from segkit.train.tracking import vis_backends, visualization_hook
 
 # ---------------------------------------------------------------------------------------------
 # Config, in four parts: data, model, optimizer and schedule, runtime
@@ -51,7 +53,7 @@ from segkit.train_parameters import TRAINING_PARAMETERS, check_training_paramete
 
 def training_files(p: dict) -> tuple[Path, Path, Path]:
     """(data root, train COCO file, val COCO file) of checked parameters."""
-    from segkit.split import fold_files
+    from segkit.folds.files import fold_files
 
     root = resolve_data_root(p["data_root"])
     if p["train_file"]:
@@ -61,7 +63,7 @@ def training_files(p: dict) -> tuple[Path, Path, Path]:
 
 
 def _pipelines(image_size: int, crop_size: int, augment) -> tuple[list, list]:
-    """(train, val) pipelines: augmentations by name (segkit.augment)."""
+    """(train, val) pipelines: augmentations by name (segkit.recipe.augment)."""
     return pipelines(image_size, crop_size, augment)
 
 
@@ -101,7 +103,7 @@ def _model_part(p: dict, train_file: Path, classes: ClassTable, distributed: boo
     model, zoo = model_config(p["model"], classes.num_classes, p["weights"], distributed)
     model["data_preprocessor"]["size"] = (p["crop_size"], p["crop_size"])
     mixes = batch_augments(p["augment"])
-    if mixes:  # CutMix / ClassMix on the padded batch (segkit.batch_mix)
+    if mixes:  # CutMix / ClassMix on the padded batch (segkit.train.batch_mix)
         model["data_preprocessor"].update(type="MixSegDataPreProcessor", batch_augments=mixes)
     class_weights = p["class_weights"]
     if class_weights == "balanced":
@@ -140,7 +142,7 @@ def _optim_part(p: dict, iters: int, cuda: bool) -> dict:
                              lr_mult=p["backbone_lr_mult"])}, norm_decay_mult=0.0))
     if wrapper == "AmpOptimWrapper":
         optim_wrapper["dtype"] = "float16"
-    schedule = schedulers(p["schedule"], lr, iters, p["warmup_iters"])  # segkit.schedules
+    schedule = schedulers(p["schedule"], lr, iters, p["warmup_iters"])  # segkit.recipe.schedules
     return dict(optim_wrapper=optim_wrapper, param_scheduler=schedule)
 
 
@@ -153,7 +155,7 @@ def _runtime_part(p: dict, iters: int, val_interval: int, work_dir: Path, cuda: 
         # weights averaged over the last quarter of training
         custom_hooks.append(dict(type="EMAHook", ema_type="StochasticWeightAverage",
                                  begin_iter=int(iters * 0.75), update_buffers=True, priority=49))
-    backends = vis_backends(p, work_dir.name)  # the run folder, TensorBoard, W&B (segkit.tracking)
+    backends = vis_backends(p, work_dir.name)  # the run folder, TensorBoard, W&B (segkit.train.tracking)
     log_interval = max(1, min(p["log_interval"], iters))  # even a short run logs its loss
     return dict(
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val_interval),
@@ -177,7 +179,7 @@ def _runtime_part(p: dict, iters: int, val_interval: int, work_dir: Path, cuda: 
         work_dir=str(work_dir),
         default_scope="mmseg",
         # mmseg's own tools (and a fresh Python) load segkit's registered parts from here
-        custom_imports=dict(imports=["segkit.components"], allow_failed_imports=False),
+        custom_imports=dict(imports=["segkit.train"], allow_failed_imports=False),
     )
 
 
@@ -199,9 +201,9 @@ def default_run_name(p: dict) -> str:
 
 def build_config(**params) -> dict:
     """The full mmseg/mmengine dict config of a training run (parameters: see
-    segkit.train_parameters, or `python -m segkit train --help`)."""
+    segkit.recipe.parameters, or `python -m segkit train --help`)."""
     p = check_training_parameters(params)
-    import segkit.components  # noqa: F401  (registers the dataset, metric, hooks, losses)
+    import segkit.train  # noqa: F401  (registers the dataset, metric, hooks, losses)
 
     root, train_file, val_file = training_files(p)
     classes = ClassTable.for_coco(load_coco(train_file).categories)
@@ -233,9 +235,9 @@ def build_config(**params) -> dict:
 def _whole_config(p: dict, root: Path, train_file: Path, val_file: Path, classes: ClassTable,
                   work_dir: Path, launcher: str) -> dict:
     """config_mode="whole": the model's config file as written, on this run's data, classes
-    and run folder (segkit.config_modes), then cfg_options."""
-    from segkit.config_modes import whole_config
-    from segkit.models import config_file_of
+    and run folder (segkit.train.config_modes), then cfg_options."""
+    from segkit.train.config_modes import whole_config
+    from segkit.train.models import config_file_of
 
     train_sources, val_sources = _sources(p, root, train_file, val_file)
     cfg = whole_config(p, config_file_of(p["model"]), train_sources, val_sources, classes,
@@ -248,7 +250,7 @@ def _speed_options(cfg: dict, p: dict, classes: ClassTable, cuda: bool) -> None:
     channels-last, torch.compile, and DDP on CPU processes."""
     train = cfg["train_dataloader"]
     if p["cache"]:
-        from segkit.data_cache import build_cache, cached_pipeline
+        from segkit.train.data_cache import build_cache, cached_pipeline
 
         infos = data_list(train["dataset"]["sources"], classes)
         train["dataset"]["pipeline"] = cached_pipeline(train["dataset"]["pipeline"],
@@ -302,7 +304,7 @@ def environment_info() -> dict:
 def run(**params) -> RunResult:
     """Train a model and return where its checkpoints are and how well it did.
 
-    Parameters: every name of segkit.train_parameters.TRAINING_PARAMETERS (all optional; the
+    Parameters: every name of segkit.recipe.parameters.TRAINING_PARAMETERS (all optional; the
     defaults train the CPU-sized model on the embedded sample), listed with their defaults by
     `python -m segkit train --help`. `resume=True` continues a killed run from its newest
     checkpoint; without it an existing run folder is refused, never overwritten.
@@ -311,7 +313,7 @@ def run(**params) -> RunResult:
     cfg_dict = build_config(**params)
     from mmengine.config import Config
 
-    from segkit.components import SegkitRunner
+    from segkit.train.runner import SegkitRunner
 
     run_dir = Run(cfg_dict["work_dir"])
     if not params["resume"] and run_dir.last_checkpoint is not None:

@@ -1,0 +1,91 @@
+"""The data itself: the embedded synthetic sample, EDA tables, near-duplicate clusters, visible
+masks and copy-paste of rare classes. No torch.
+"""
+
+from segkit.data.copy_paste import (
+    DEFAULT_CLASSES,
+    JPEG_QUALITY,
+    MIN_INSTANCE_PIXELS,
+    NAME_PATTERN,
+    CopyPasteResult,
+    class_counts,
+    instance_pool,
+)
+from segkit.data.eda import (
+    MEDIUM_AREA,
+    SIZE_BUCKETS,
+    SMALL_AREA,
+    available_images,
+    background_share,
+    background_table,
+    class_summary,
+    cooccurrence,
+    load_for_statistics,
+    object_sizes,
+    pick_examples,
+    size_bucket,
+)
+from segkit.data.near_duplicates import (
+    CACHE_VERSION,
+    DEFAULT_THRESHOLD,
+    DRAFT_SIZE,
+    HASH_BITS,
+    PAIR_COLUMNS,
+    clusters,
+    find_pairs,
+    hash_file,
+    hash_images,
+    plot_clusters,
+)
+from segkit.data.sample import (
+    BATCHES,
+    CLASS_WEIGHTS,
+    default_sample_root,
+    make_sample,
+    resolve_data_root,
+)
+from segkit.data.visible_masks import (
+    owner_map,
+    visible_areas,
+    visible_mask,
+)
+
+__all__ = [
+    "DEFAULT_CLASSES",
+    "MIN_INSTANCE_PIXELS",
+    "JPEG_QUALITY",
+    "NAME_PATTERN",
+    "CopyPasteResult",
+    "instance_pool",
+    "class_counts",
+    "SMALL_AREA",
+    "MEDIUM_AREA",
+    "SIZE_BUCKETS",
+    "load_for_statistics",
+    "size_bucket",
+    "object_sizes",
+    "class_summary",
+    "cooccurrence",
+    "background_share",
+    "background_table",
+    "available_images",
+    "pick_examples",
+    "DEFAULT_THRESHOLD",
+    "HASH_BITS",
+    "CACHE_VERSION",
+    "DRAFT_SIZE",
+    "PAIR_COLUMNS",
+    "hash_file",
+    "hash_images",
+    "find_pairs",
+    "clusters",
+    "plot_clusters",
+    "BATCHES",
+    "CLASS_WEIGHTS",
+    "make_sample",
+    "default_sample_root",
+    "resolve_data_root",
+    "visible_areas",
+    "owner_map",
+    "visible_mask",
+]

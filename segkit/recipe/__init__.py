@@ -1,0 +1,77 @@
+"""A training recipe as plain data: every 04_train parameter with its default, help and check,
+and the schedule, loss and augmentation texts those parameters hold. No torch.
+"""
+
+from segkit.recipe.augment import (
+    ALBU_TRANSFORMS,
+    AUGMENTATIONS,
+    BATCH_MIXES,
+    GEOMETRY,
+    KIND_ORDER,
+    MMSEG_TRANSFORMS,
+    batch_augments,
+    check_augment,
+    pipelines,
+)
+from segkit.recipe.losses import (
+    LOSS_TERMS,
+    check_loss,
+    loss_config,
+    loss_terms,
+)
+from segkit.recipe.parameters import (
+    AVERAGING,
+    BY_NAME,
+    CONFIG_MODES,
+    LAUNCHERS,
+    LOSSES,
+    OPTIMIZERS,
+    TRAINING_PARAMETERS,
+    WEIGHTS,
+    Parameter,
+    check_training_parameters,
+    defaults,
+    help_text,
+    parameters_cell,
+)
+from segkit.recipe.schedules import (
+    SCHEDULE_OPTIONS,
+    SCHEDULES,
+    check_schedule,
+    schedule_spec,
+    schedulers,
+)
+
+__all__ = [
+    "MMSEG_TRANSFORMS",
+    "ALBU_TRANSFORMS",
+    "BATCH_MIXES",
+    "GEOMETRY",
+    "AUGMENTATIONS",
+    "KIND_ORDER",
+    "check_augment",
+    "pipelines",
+    "batch_augments",
+    "LOSS_TERMS",
+    "loss_terms",
+    "check_loss",
+    "loss_config",
+    "OPTIMIZERS",
+    "AVERAGING",
+    "LOSSES",
+    "CONFIG_MODES",
+    "WEIGHTS",
+    "LAUNCHERS",
+    "Parameter",
+    "TRAINING_PARAMETERS",
+    "BY_NAME",
+    "defaults",
+    "help_text",
+    "check_training_parameters",
+    "parameters_cell",
+    "SCHEDULE_OPTIONS",
+    "SCHEDULES",
+    "schedule_spec",
+    "check_schedule",
+    "schedulers",
+]
