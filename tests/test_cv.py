@@ -198,7 +198,7 @@ def test_cv_spec_with_the_local_executor_and_a_killed_fold(sample_root, tmp_path
     import submitit
 
     from segkit.flow.pipeline import _plan, load_spec, run_pipeline
-    from segkit.predict.ensemble_inputs import ensemble_inputs
+    from segkit.predict.members import ensemble_inputs
     from segkit.results.runs import Run
 
     overrides = {"data_root": str(sample_root), "image_size": 96, "crop_size": 64,

@@ -22,9 +22,14 @@ def test_parameters_cell_is_first_code_cell_and_fully_parsed(path):
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert "parameters" in code[0]["metadata"].get("tags", [])
     tree = ast.parse("".join(code[0]["source"]))
-    assigned = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
+    assert not [node for node in tree.body if isinstance(node, ast.Assign)], \
+        "every parameter carries a type annotation"
+    assigned = {node.target.id for node in tree.body if isinstance(node, ast.AnnAssign)}
     # papermill silently skips a parameter line it cannot parse (an "=" in its comment, ...)
-    assert assigned == set(papermill.inspect_notebook(str(path)))
+    inferred = papermill.inspect_notebook(str(path))
+    assert assigned == set(inferred)
+    # and `papermill --help-notebook` shows each one's type
+    assert [n for n, p in inferred.items() if p["inferred_type_name"] in ("None", "")] == []
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -47,7 +47,6 @@ def _cmd_check_submission(args) -> int:
 
 
 def _cmd_ensemble(args) -> int:
-    from segkit.predict.ensemble import write_ensemble_submission
     from segkit.submission.vote import hard_vote
 
     # `--weights 1 2 a.csv b.csv`: the numbers are weights, the rest inputs.
@@ -64,7 +63,9 @@ def _cmd_ensemble(args) -> int:
         raise ParameterError("ensemble needs input submissions or prediction folders")
     if args.method == "hard":
         out = hard_vote(inputs, args.out, weights, args.num_classes, tuple(args.size))
-    else:
+    else:  # probabilities: the prediction layer (the hard vote needs only the submission one)
+        from segkit.predict.ensemble import write_ensemble_submission
+
         out = write_ensemble_submission(inputs, args.out, "soft", weights)
     print(f"wrote the {args.method} vote of {len(inputs)} inputs to {out}")
     return 0
@@ -160,7 +161,7 @@ def predict_options(args):
 
 def _cmd_predict(args) -> int:
     from segkit.data.sample import resolve_data_root
-    from segkit.predict.ensemble_inputs import vote_checkpoints
+    from segkit.predict.members import vote_checkpoints
     from segkit.predict.writing import predict_and_score
 
     root = resolve_data_root(args.data_root) if args.data_root else None

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from segkit.core.checks import check_choice
 from segkit.core.errors import ParameterError
-from segkit.results.runs import Run
 
 # Parameters of round 1 that round 2 never inherits: where it writes, how it starts, resuming.
 _NOT_INHERITED = ("work_dir", "run_name", "resume", "load_from", "launcher", "extra_train_files")
@@ -37,6 +36,7 @@ def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | o
     """
     from segkit.flow.notebook import notebook_parameters
     from segkit.recipe.parameters import defaults
+    from segkit.results.runs import Run
 
     check_round2_start(start)
     run = Run.open(run_dir)
@@ -67,6 +67,7 @@ def train_round2(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.Pat
     """
     from segkit.core.paths import outputs_dir
     from segkit.flow.notebook import run_notebook
+    from segkit.results.runs import Run
 
     params = round2_parameters(run_dir, pseudo_files, run_name, start, checkpoint, **overrides)
     work_dir = outputs_dir() / "runs" / run_name

@@ -26,12 +26,6 @@ from segkit.predict.ensemble import (
     truth_at_size,
     write_ensemble_submission,
 )
-from segkit.predict.ensemble_inputs import (
-    CheckpointVote,
-    EnsembleInputs,
-    holdout_scores,
-    vote_checkpoints,
-)
 from segkit.predict.inference import (
     check_model_classes,
     load_model,
@@ -41,6 +35,13 @@ from segkit.predict.inference import (
     reduce_label,
     resize_probs,
     validation_scale,
+)
+from segkit.predict.members import (
+    CheckpointVote,
+    EnsembleInputs,
+    ensemble_inputs,
+    holdout_scores,
+    vote_checkpoints,
 )
 from segkit.predict.options import (
     FLIPS,
@@ -90,10 +91,6 @@ __all__ = [
     "write_ensemble_submission",
     "disagreement_examples",
     "submit_ensemble",
-    "EnsembleInputs",
-    "holdout_scores",
-    "CheckpointVote",
-    "vote_checkpoints",
     "pick_device",
     "load_model",
     "validation_scale",
@@ -102,6 +99,11 @@ __all__ = [
     "predict_probs",
     "resize_probs",
     "reduce_label",
+    "EnsembleInputs",
+    "ensemble_inputs",
+    "holdout_scores",
+    "CheckpointVote",
+    "vote_checkpoints",
     "FLIPS",
     "REDUCTIONS",
     "PredictOptions",

@@ -20,6 +20,8 @@ from segkit.recipe.losses import (
     loss_terms,
 )
 from segkit.recipe.parameters import (
+    ANNOTATIONS,
+    ANY_ANNOTATIONS,
     AVERAGING,
     BY_NAME,
     CONFIG_MODES,
@@ -29,6 +31,7 @@ from segkit.recipe.parameters import (
     TRAINING_PARAMETERS,
     WEIGHTS,
     Parameter,
+    annotation,
     check_training_parameters,
     defaults,
     help_text,
@@ -68,6 +71,9 @@ __all__ = [
     "defaults",
     "help_text",
     "check_training_parameters",
+    "ANNOTATIONS",
+    "ANY_ANNOTATIONS",
+    "annotation",
     "parameters_cell",
     "SCHEDULE_OPTIONS",
     "SCHEDULES",
