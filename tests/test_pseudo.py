@@ -287,7 +287,7 @@ def test_training_with_a_pseudo_source_runs(trained_run, sample_root, tmp_path):
         seen.extend(infos)
         return infos
 
-    import segkit.train as train_mod  # where the dataset reads its sources
+    import segkit.train.datasets as train_mod  # where the dataset reads its sources
 
     train_mod.data_list, saved = spy, train_mod.data_list
     try:
