@@ -22,8 +22,6 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
-
 from segkit.core.errors import ParameterError, SegkitError
 from segkit.core.paths import outputs_dir, write_text_atomic
 from segkit.submission.codec import HEADER
@@ -119,9 +117,11 @@ def _local(entry: dict) -> tuple[float, str]:
     return float(local["score"]), str(local.get("kind", ""))
 
 
-def leaderboard_table(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """One row per leaderboard entry: time, submission, note, leaderboard score, local score
-    (CV or validation, from the sidecar) and its kind, and their gap."""
+def leaderboard_table(path: str | os.PathLike | None = None):
+    """One row per leaderboard entry (a pandas DataFrame): time, submission, note, leaderboard
+    score, local score (CV or validation, from the sidecar) and its kind, and their gap."""
+    import pandas as pd  # here: the submission layer's votes and checks run without pandas
+
     rows = []
     for entry in read_scores(path):
         local, kind = _local(entry)
