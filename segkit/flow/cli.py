@@ -234,7 +234,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _command(sub, name: str, func, help: str, **kwargs) -> argparse.ArgumentParser:
+def add_command(sub, name: str, func, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand `name` running `func(args)` (an exit code), every default shown in its
+    help. Command groups in other modules (segkit.flow.cli_*) add theirs with it."""
     parser = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter,
                             **kwargs)
     parser.set_defaults(func=func)
@@ -242,14 +244,14 @@ def _command(sub, name: str, func, help: str, **kwargs) -> argparse.ArgumentPars
 
 
 def _data_commands(sub) -> None:
-    p = _command(sub, "sample", _cmd_sample, "write the synthetic sample dataset")
+    p = add_command(sub, "sample", _cmd_sample, "write the synthetic sample dataset")
     p.add_argument("dir", help="the folder to write it into")
     p.add_argument("--n-train", type=int, default=80, help="training images")
     p.add_argument("--n-test", type=int, default=20, help="test images")
     p.add_argument("--size", type=int, default=512, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
-    p = _command(sub, "check-coco", _cmd_check_coco,
+    p = add_command(sub, "check-coco", _cmd_check_coco,
                  "validate a COCO file (and its images) and list problems")
     p.add_argument("file", help="the annotation file")
     p.add_argument("--data-root", default=None, help="folder the file_name entries are "
@@ -257,7 +259,7 @@ def _data_commands(sub) -> None:
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept file names that leave the data root (../, absolute paths)")
 
-    p = _command(sub, "split", _cmd_split, "StratifiedGroupKFold folds of a COCO file "
+    p = add_command(sub, "split", _cmd_split, "StratifiedGroupKFold folds of a COCO file "
                  "(fold{k}_train.json / fold{k}_val.json)")
     p.add_argument("file", help="the annotation file to split, e.g. train_all.json")
     p.add_argument("--out", default=None, help="output folder (default: outputs/splits)")
@@ -271,7 +273,7 @@ def _data_commands(sub) -> None:
                         "field:video_id) or frames:GAP (runs of frame numbers); none: the "
                         "image")
 
-    p = _command(sub, "duplicates", _cmd_duplicates, "print the near-duplicate image pairs of "
+    p = add_command(sub, "duplicates", _cmd_duplicates, "print the near-duplicate image pairs of "
                  "a COCO file (perceptual hashes, cached)")
     p.add_argument("file", help="the annotation file, e.g. train_all.json")
     p.add_argument("--data-root", default=None,
@@ -280,7 +282,7 @@ def _data_commands(sub) -> None:
                    help="most differing bits of 64, for both pHash and dHash")
     p.add_argument("--processes", type=int, default=2, help="hashing processes")
 
-    p = _command(sub, "copy-paste", _cmd_copy_paste, "paste rare-class instances onto "
+    p = add_command(sub, "copy-paste", _cmd_copy_paste, "paste rare-class instances onto "
                  "background-heavy images; writes outputs/copy_paste/NAME/")
     p.add_argument("file", help="the training annotation file, e.g. "
                                 "outputs/splits/fold0_train.json")
@@ -303,13 +305,13 @@ def _data_commands(sub) -> None:
 def _model_commands(sub) -> None:
     from segkit.recipe.parameters import help_text
 
-    p = _command(sub, "train", _cmd_train, "train a model from KEY=VALUE training parameters "
+    p = add_command(sub, "train", _cmd_train, "train a model from KEY=VALUE training parameters "
                  "(under torchrun for several GPUs)",
                  epilog="training parameters (KEY, default, meaning):\n" + help_text())
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="e.g. fold=3 model=upernet_swin_l iters=80000 data_root=/data/trash")
 
-    p = _command(sub, "predict", _cmd_predict, "predict a run's validation fold (scored) and "
+    p = add_command(sub, "predict", _cmd_predict, "predict a run's validation fold (scored) and "
                  "the test images (submission CSV), as 05_predict does")
     p.add_argument("run", help="a run folder, or a run name under outputs/runs")
     p.add_argument("--splits", nargs="+", choices=["val", "test"], default=["val", "test"],
@@ -343,7 +345,7 @@ def _prediction_arguments(p) -> None:
 
 
 def _flow_commands(sub) -> None:
-    p = _command(sub, "pipeline", _cmd_pipeline,
+    p = add_command(sub, "pipeline", _cmd_pipeline,
                  "run notebooks in sequence from a YAML spec (papermill)")
     p.add_argument("spec", help="e.g. notebooks/demo.yaml")
     p.add_argument("params", nargs="*", metavar="KEY=VALUE",
@@ -363,22 +365,22 @@ def _flow_commands(sub) -> None:
     p.add_argument("--time", type=int, default=None, metavar="MINUTES",
                    help="time limit of each job in minutes")
 
-    p = _command(sub, "oof", _cmd_oof, "out-of-fold score of one recipe's fold runs: OOF "
+    p = add_command(sub, "oof", _cmd_oof, "out-of-fold score of one recipe's fold runs: OOF "
                  "mIoU, per-class IoU, per-fold mIoU with mean and std")
     p.add_argument("runs", nargs="+", help="the fold runs (folders or names under "
                                            "outputs/runs), one per fold of one split")
     p.add_argument("--name", default="", help="outputs/oof/NAME (default: the recipe's)")
     _prediction_arguments(p)
 
-    p = _command(sub, "lb", _cmd_lb, "record a public-leaderboard score beside a submission "
+    p = add_command(sub, "lb", _cmd_lb, "record a public-leaderboard score beside a submission "
                  "(appended to outputs/leaderboard.jsonl)")
     p.add_argument("submission", help="the submission CSV that was uploaded")
     p.add_argument("score", help="its public leaderboard score (mIoU, 0-1)")
     p.add_argument("--note", default="", help="what it was, e.g. '5-fold soft vote'")
 
-    _command(sub, "demo", _cmd_demo, "the whole flow on the embedded synthetic sample")
+    add_command(sub, "demo", _cmd_demo, "the whole flow on the embedded synthetic sample")
 
-    p = _command(sub, "check-submission", _cmd_check_submission,
+    p = add_command(sub, "check-submission", _cmd_check_submission,
                  "list every problem of a submission CSV against test.json")
     p.add_argument("csv", help="the submission CSV")
     p.add_argument("--test-json", required=True, help="the test.json the rows must follow")
@@ -387,7 +389,7 @@ def _flow_commands(sub) -> None:
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                    help="the label map size of the rows")
 
-    p = _command(sub, "ensemble", _cmd_ensemble, "vote submissions (hard) or prediction "
+    p = add_command(sub, "ensemble", _cmd_ensemble, "vote submissions (hard) or prediction "
                  "folders (soft) into a submission CSV")
     p.add_argument("inputs", nargs="*",
                    help="submission CSVs (hard) or prediction folders (soft)")
