@@ -221,6 +221,60 @@ def plot_curves(df, x: str, ys: Sequence[str], ax=None, title: str | None = None
     return ax
 
 
+def plot_training(scalars, val_columns: Sequence[str] = ("mIoU",), run_column: str = "run",
+                  figsize=(16, 4)):
+    """Training loss, learning rate and validation scores side by side, against the step: one
+    run's scalars (segkit.results.runs.read_scalars) or several runs' long table (a `run`
+    column, segkit.results.report.curves), one line per run. The lr is the first parameter
+    group's as mmengine logs it (the backbone's under backbone_lr_mult); its axis is
+    logarithmic when it spans more than a factor 100 (warm-ups start at lr / 1000).
+
+    Example:
+        fig = plot_training(run.scalars(), val_columns=["mIoU", "aAcc"])
+    """
+    import matplotlib.pyplot as plt
+
+    if "kind" not in scalars.columns or "step" not in scalars.columns:
+        raise ParameterError(f"scalars need the columns step and kind (train / val); they "
+                             f"have {list(scalars.columns)}")
+    fig, axes = plt.subplots(1, 3, figsize=figsize)
+    runs = list(scalars.groupby(run_column, sort=False)) if run_column in scalars.columns \
+        else [(None, scalars)]
+    panels = ((axes[0], "train", ["loss"], "training loss"),
+              (axes[1], "train", ["lr"], "learning rate"),
+              (axes[2], "val", list(val_columns), "validation"))
+    for ax, kind, columns, title in panels:
+        drawn = []
+        for name, df in runs:
+            part = df[df["kind"] == kind]
+            for column in columns:
+                if column not in part.columns:
+                    continue
+                points = part[["step", column]].dropna()
+                if not len(points):
+                    continue
+                label = " ".join(str(t) for t in (name, column if len(columns) > 1 else None)
+                                 if t is not None) or column
+                ax.plot(points["step"], points[column], label=label,
+                        marker="o" if len(points) < 30 else None)
+                drawn.append(points[column])
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {', '.join(columns)} logged", ha="center", va="center",
+                    transform=ax.transAxes)
+        else:
+            values = np.concatenate([d.to_numpy(float) for d in drawn])
+            positive = values[values > 0]
+            if columns == ["lr"] and len(positive) and positive.max() > 100 * positive.min():
+                ax.set_yscale("log")
+            if len(runs) > 1 or len(columns) > 1:
+                ax.legend()
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_class_bars(df, ax=None):
     """Grouped bars: one group per row (class), one bar per column (e.g. runs or folds).
 

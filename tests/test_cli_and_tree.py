@@ -42,7 +42,9 @@ def test_bad_training_parameters_are_refused_before_any_work(capsys):
                          ("batch_size=0", "batch_size=0: must be at least 1"),
                          ("val_interval=0", "val_interval=0: must be at least 1"),
                          ("image_size=abc", "image_size='abc': expected an integer"),
-                         ("fold=abc", "fold='abc': expected an integer"),
+                         ("fold=abc", "fold='abc': expected a fold index (0, 1, ...), all"),
+                         ("fold=-1", "fold=-1: expected a fold index"),
+                         ("holdout_file=x.json", "holdout_file='x.json' is for full-data runs"),
                          ("amp=maybe", "amp='maybe': expected true or false"),
                          ("augment=[sparkle]", "sparkle"),
                          ("schedule=linear", "schedule='linear'; allowed: poly, cosine")):

@@ -191,10 +191,61 @@ def _wait_for(predicate, seconds: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _check_final_model_and_decisions(sample_root, ensemble_csv, score, capsys):
+    """cv.yaml's final model (fold=all) and decisions: trained on every image as long as the
+    folds' best checkpoints say, voted with the folds on test, the OOF decisions applied."""
+    from segkit.predict.decisions import decided_submission, load_decisions
+    from segkit.predict.writing import predict_and_score
+    from segkit.recipe.final import final_iterations
+    from segkit.results.runs import Run
+
+    full = Run.open("cv_lite0_foldall")
+    folds = [f"cv_lite0_fold{k}" for k in range(3)]
+    assert full.full_data and full.data()[1] is None
+    from mmengine.config import Config
+
+    config = Config.fromfile(str(full.config_path))
+    assert [s["ann_file"] for s in config.train_dataloader.dataset.sources] == \
+        [str(sample_root / "train_all.json")] and config.val_cfg is None
+    final = final_iterations(folds, 24)
+    assert config.train_cfg.max_iters == final.iters
+    assert final.rule in (full.path / "04_train.ipynb").read_text()
+    decisions = load_decisions(outputs_dir() / "decisions" / "cv_lite0" / "decisions.json")
+    assert decisions.members == ["cv_lite0_oof"] and decisions.record["folds"] == 3
+    assert decisions.miou_before == pytest.approx(score["OOF mIoU"])
+    assert [s["decision"] for s in decisions.record["steps"]] == ["weights", "class_bias",
+                                                                  "min_area"]
+    assert all(s["tried"] for s in decisions.record["steps"][1:])
+    local = json.loads(Path(f"{ensemble_csv}.score.json").read_text())
+    assert local["kind"].startswith("OOF mIoU with decisions")
+    assert local["score"] == pytest.approx(decisions.miou_after)
+    assert local["decisions"] == str(decisions.path)
+    # the submission: the 3 folds (1 each) and the final model (3: the fold ensemble's weight)
+    tests = [outputs_dir() / "predictions" / name / "test" for name in folds +
+             ["cv_lite0_foldall"]]
+    again = decided_submission(decisions, tests, [1, 1, 1, 3], ensemble_csv.with_name("x.csv"))
+    assert again.read_bytes() == ensemble_csv.read_bytes()
+    nb = (outputs_dir() / "pipelines" / "cv" / "07_ensemble.ipynb").read_text()
+    assert "cv_lite0_foldall: a full-data run of cv_lite0_oof" in nb and "with weight 1" in nb
+    assert "min_area (" in nb and "class_bias (" in nb  # the per-class table
+    # the same decisions from the command line; 05 applies them to the final model
+    assert main(["decide", *folds, "cv_lite0_foldall", "--name", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert "left out cv_lite0_foldall" in out and f"OOF mIoU: {decisions.miou_before:.4f}" in out
+    cli = load_decisions("cli")
+    assert cli.record["steps"] == decisions.record["steps"]
+    done = predict_and_score("cv_lite0_foldall", PredictOptions(flips=("h",)),
+                             decisions=cli.path)
+    assert done.evaluation is None and done.decided.exists()
+    assert json.loads(Path(f"{done.decided}.score.json").read_text())["decisions"] == \
+        str(cli.path)
+
+
 def test_cv_spec_with_the_local_executor_and_a_killed_fold(sample_root, tmp_path, capsys):
     """notebooks/cv.yaml on the tiny sample: fold 0 is killed after its first checkpoint and
-    resumes when the pipeline runs; OOF score, fold-ensemble submission, CV table, and a
-    checkpoint vote of fold 1's kept checkpoints."""
+    resumes when the pipeline runs; OOF score, the final model on every image, decisions on the
+    OOF predictions, fold-ensemble submission with them, CV table, and a checkpoint vote of
+    fold 1's kept checkpoints."""
     import submitit
 
     from segkit.flow.pipeline import _plan, load_spec, run_pipeline
@@ -222,7 +273,8 @@ def test_cv_spec_with_the_local_executor_and_a_killed_fold(sample_root, tmp_path
 
     executed = run_pipeline(CV_SPEC, overrides, progress=False, executor="local", parallel=2)
     assert [p for p in executed if p.name == "04_train.ipynb"] == \
-        [outputs_dir() / "runs" / f"cv_lite0_fold{k}" / "04_train.ipynb" for k in range(3)]
+        [outputs_dir() / "runs" / f"cv_lite0_fold{k}" / "04_train.ipynb" for k in range(3)] + \
+        [outputs_dir() / "runs" / "cv_lite0_foldall" / "04_train.ipynb"]
     assert Run(run.path).parameters["resume"] is True
     assert "resume = True" in output.read_text()
     assert not Run.open("cv_lite0_fold1").parameters["resume"]
@@ -234,8 +286,7 @@ def test_cv_spec_with_the_local_executor_and_a_killed_fold(sample_root, tmp_path
     score = json.loads((outputs_dir() / "oof" / "cv_lite0_oof" / "score.json").read_text())
     assert score["images"] == 24 and score["folds"] == 3 and 0 < score["OOF mIoU"] <= 1
     ensemble_csv = outputs_dir() / "ensembles" / "cv_lite0.csv"
-    local = json.loads(Path(f"{ensemble_csv}.score.json").read_text())
-    assert local["kind"] == "OOF mIoU" and local["score"] == pytest.approx(score["OOF mIoU"])
+    _check_final_model_and_decisions(sample_root, ensemble_csv, score, capsys)
     report = next(p for p in executed if p.name == "08_report.ipynb")
     import nbformat
 

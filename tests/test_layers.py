@@ -11,7 +11,7 @@ from segkit.core.paths import PROJECT_ROOT
 
 # bottom to top; `viz` is a module of its own (pictures from arrays)
 LAYERS = ("core", "coco", "data", "folds", "submission", "viz", "results", "recipe", "train",
-          "predict", "flow")
+          "predict", "search", "flow")
 WITHOUT_TORCH = ("core", "coco", "data", "folds", "submission", "viz", "results", "recipe")
 PACKAGE = PROJECT_ROOT / "segkit"
 

@@ -17,8 +17,9 @@ from tests.conftest import notebook_text, run_notebook
 
 def test_01_eda_writes_tables_and_figures(sample_root, tmp_path):
     out = tmp_path / "eda"
-    run_notebook("01_eda", tmp_path, data_root=str(sample_root), output_dir=str(out),
-                 n_examples=3)
+    nb = run_notebook("01_eda", tmp_path, data_root=str(sample_root), output_dir=str(out),
+                      n_examples=3, plan_probe=False)  # the probe: tests/test_plan.py
+    assert "class_weights = balanced" in notebook_text(nb)  # the last section's plan
     coco = load_coco(sample_root / "train_all.json")
     summary = pd.read_csv(out / "class_summary.csv", index_col="class")
     assert summary.index.tolist() == list(TRASH.names)
@@ -46,6 +47,7 @@ def test_01_eda_without_images_gives_statistics_only(sample_root, tmp_path):
     assert "overlays skipped" in notebook_text(nb)
     assert not (out / "samples.png").exists()
     assert "near-duplicates skipped" in notebook_text(nb)
+    assert "near-duplicates: no image files" in notebook_text(nb)  # an untimed plan
     summary = pd.read_csv(out / "class_summary.csv", index_col="class")
     assert summary["annotations"].sum() == len(data["annotations"])
 

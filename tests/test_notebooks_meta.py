@@ -13,7 +13,7 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_all_numbered_notebooks_exist():
-    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 9)]
+    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 10)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

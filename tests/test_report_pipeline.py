@@ -83,6 +83,7 @@ steps:
     with pytest.raises(NotebookError, match=r"step 2 of .*02_split.ipynb failed in cell .*"
                                             r"executed notebook: .*broken/02.ipynb"):
         run_pipeline(spec, progress=False)
+    assert (outputs_dir() / "broken" / "02.html").exists()  # a failed notebook's report too
     first = tmp_path / "ok.yaml"
     first.write_text(f"""
 steps:
@@ -91,6 +92,7 @@ steps:
 """)
     executed = run_pipeline(first, progress=False)
     assert executed[0].name == "02_split.ipynb" and executed[0].parent.name == "ok"
+    assert executed[0].with_suffix(".html").exists() and (outputs_dir() / "index.html").exists()
 
 
 def test_a_relative_data_root_means_the_folder_seen_from_where_the_pipeline_runs(

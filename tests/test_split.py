@@ -13,6 +13,7 @@ from segkit.coco.files import load_coco
 from segkit.coco.pixels import pixel_counts
 from segkit.core.classes import TRASH
 from segkit.core.errors import CocoError, ParameterError
+from segkit.core.paths import file_sha256
 from segkit.flow.cli import main
 from segkit.folds import (
     available_folds,
@@ -21,6 +22,7 @@ from segkit.folds import (
     fold_files,
     group_counts,
     image_groups,
+    read_split_info,
     split,
     write_folds,
 )
@@ -77,7 +79,11 @@ def test_fold_files_are_valid_subsets_keeping_ids_and_names(train, tmp_path, sam
     folds = split.make_folds(train, TRASH, 3, 42)
     written = write_folds(train, folds, tmp_path)
     assert sorted(p.name for p in written) == sorted(
-        [f"fold{k}_{part}.json" for k in range(3) for part in ("train", "val")] + ["folds.csv"])
+        [f"fold{k}_{part}.json" for k in range(3) for part in ("train", "val")] +
+        ["folds.csv", "split.json"])
+    recorded = read_split_info(tmp_path)  # how the set was made, and each file's sha256
+    assert (recorded["n_splits"], recorded["images"]) == (3, len(train.images))
+    assert recorded["files"]["fold0_val.json"] == file_sha256(tmp_path / "fold0_val.json")
     original = json.loads((sample_root / "train_all.json").read_text())
     for k in range(3):
         val = load_coco(tmp_path / f"fold{k}_val.json")

@@ -200,6 +200,10 @@ def test_resume_after_interruption_matches_uninterrupted(sample_root, tmp_path, 
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     assert resumed.best_miou == pytest.approx(whole.best_miou, abs=1e-6)
     assert read_scalars(resumed.work_dir)["step"].max() == 20
+    # killed before iteration 10's validation: the resumed run validates it again first
+    val = read_scalars(resumed.work_dir).query("kind == 'val'")
+    assert list(val["step"]) == [10, 20]
+    assert resumed.best_checkpoint.name == whole.best_checkpoint.name
 
 
 def test_bf16_amp_trains_on_cpu(sample_root, tmp_path, monkeypatch):

@@ -37,6 +37,12 @@ from segkit.coco.files import (
     write_coco,
     write_png,
 )
+from segkit.coco.folders import (
+    IMAGE_SUFFIXES,
+    folder_image_entries,
+    folder_images,
+    image_folder_coco,
+)
 from segkit.coco.pixels import (
     pixel_counts,
 )
@@ -76,6 +82,10 @@ __all__ = [
     "check_coco",
     "subset",
     "write_coco",
+    "IMAGE_SUFFIXES",
+    "folder_images",
+    "folder_image_entries",
+    "image_folder_coco",
     "pixel_counts",
     "MAX_RLE_CHUNKS",
     "decode_rle_counts",

@@ -9,7 +9,10 @@ fraction of a second. Problems and warnings name the file and the annotation:
 - polygons: flat lists of >= 6 finite numbers within the image (2 px of overshoot warns);
 - RLE: `size` equal to the image's, counts decoded and checked: only pycocotools' characters,
   not truncated, no negative run, runs adding up to height x width;
-- `bbox` (4 finite numbers, no negative size), `area` (finite, >= 0), `iscrowd` (0 or 1).
+- `bbox` (4 finite numbers, no negative size), `area` (finite, >= 0; beyond the image only
+  warns), `iscrowd` (0 or 1);
+- degenerate polygons: an annotation whose polygons enclose no area warns (it paints next to
+  nothing, whatever its `area` says).
 """
 
 from __future__ import annotations
@@ -67,8 +70,11 @@ class PolygonChecks(_Batch):
         self.values: list = []
         self.lengths: list[int] = []
         self.info: list[tuple[tuple, int, int, int]] = []  # ref, polygon index, h, w
+        self.claimed: dict = {}  # ref -> the annotation's `area` field
 
-    def add(self, seg: list, size: tuple[int, int], ref: tuple, problems: list) -> None:
+    def add(self, seg: list, size: tuple[int, int], ref: tuple, problems: list,
+            area=None) -> None:
+        self.claimed[ref] = area
         for k, poly in enumerate(seg):
             n = len(poly) if type(poly) is list else -1
             if n >= 6 and not n % 2:
@@ -136,6 +142,28 @@ class PolygonChecks(_Batch):
             else:
                 warnings.append(f"{self.where(ref)}: polygon {k} is {over[j]:.1f}px off the "
                                 "image (clipped)")
+        self._check_degenerate(xs, ys, half_starts, lengths // 2, bad, warnings)
+
+    def _check_degenerate(self, xs, ys, starts, points, bad, warnings: list) -> None:
+        """A warning naming each annotation whose polygons enclose no area (all points on one
+        line, or repeated): it paints (almost) nothing, whatever its `area` field claims."""
+        following = np.arange(1, len(xs) + 1)
+        following[starts + points - 1] = starts  # each polygon's last point closes onto its first
+        with np.errstate(invalid="ignore", over="ignore"):
+            cross = xs * ys[following] - xs[following] * ys
+            areas = np.abs(np.add.reduceat(cross, starts)) / 2
+        totals: dict = {}
+        for j, (ref, _, _, _) in enumerate(self.info):
+            if not bad[j]:
+                totals[ref] = totals.get(ref, 0.0) + float(areas[j])
+        for ref, total in totals.items():
+            if total < 1e-6:
+                claim = self.claimed.get(ref)
+                said = f", though its area field says {_fmt(float(claim))}" if \
+                    type(claim) in _NUMBER_TYPES and np.isfinite(claim) and claim > 0 else ""
+                warnings.append(f"{self.where(ref)}: its polygons enclose no area (degenerate: "
+                                f"the points lie on one line), so it paints next to "
+                                f"nothing{said}")
 
 
 class RleChecks(_Batch):
@@ -196,9 +224,10 @@ def _uncompressed_problem(counts: list, h: int, w: int) -> str | None:
 
 
 class ExtraChecks(_Batch):
-    """`area`, `bbox` and `iscrowd`: not used for the masks, but non-finite, negative or absurd
-    values mean a broken export. Values beyond the image warn; absurd ones (beyond twice the
-    image) are errors."""
+    """`area`, `bbox` and `iscrowd`: not used for the masks, but non-finite or negative values
+    mean a broken export (errors). An `area` beyond the image only warns, however large: segkit
+    takes masks from the segmentation and never reads it. A bbox far outside the image (more
+    than the image's side) is an error, a little outside a warning."""
 
     def __init__(self, source: str):
         super().__init__(source)
@@ -233,12 +262,13 @@ class ExtraChecks(_Batch):
             odd = ~(np.isfinite(areas) & (areas >= 0) & (areas <= pixels * 1.1))
         for j in np.flatnonzero(odd):
             where, a = self.where(self.area_info[j][0]), self.areas[j]
-            if not np.isfinite(areas[j]) or areas[j] < 0 or areas[j] > 4 * pixels[j]:
+            if not np.isfinite(areas[j]) or areas[j] < 0:
                 problems.append(f"{where}: area must be a finite number from 0 to about the "
                                 f"image's {int(pixels[j])} pixels, got {show_value(a)}")
-            else:
+            else:  # unused (masks come from the segmentation): a warning, however large
                 warnings.append(f"{where}: area {_fmt(areas[j])} exceeds the image's "
-                                f"{int(pixels[j])} pixels")
+                                f"{int(pixels[j])} pixels (not used: segkit takes the mask "
+                                "from the segmentation)")
         self._check_boxes(problems, warnings)
 
     def _check_boxes(self, problems: list, warnings: list) -> None:

@@ -259,7 +259,7 @@ def _check_annotations(anns: list, images: dict, categories: dict, source: str,
         if type(seg) is dict:
             rles.add(seg, size, ref, problems)
         elif type(seg) is list and seg:
-            polygons.add(seg, size, ref, problems)
+            polygons.add(seg, size, ref, problems, ann.get("area"))
         else:
             problems.append(f"{annotation_where(source, ref)}: segmentation must be polygons (a list of "
                             "lists) or an RLE dict")

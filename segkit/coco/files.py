@@ -29,7 +29,7 @@ from segkit.coco.checks import validate
 from segkit.coco.rle import decode_rle_counts as _decode_counts
 from segkit.core.classes import ClassTable
 from segkit.core.errors import CocoError
-from segkit.core.paths import atomic_path, outputs_dir, write_text_atomic
+from segkit.core.paths import atomic_path, make_folder, outputs_dir, write_text_atomic
 
 
 @dataclass
@@ -226,7 +226,7 @@ def cached_label_maps(coco: Coco, classes: ClassTable,
     paths = {img["id"]: folder / f"{img['id']}.png" for img in coco.images}
     todo = [img for img in coco.images if not paths[img["id"]].exists()]
     if todo:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         write_text_atomic(folder / "source.txt", f"{coco.path.resolve()}\n{coco.digest}\n")
         for img in todo:
             write_png(paths[img["id"]], label_map(coco, img, classes))

@@ -1,5 +1,6 @@
 """Running notebooks: their declared parameters, pipeline specs, executors (inline, parallel
-processes, Slurm through submitit), default runs, pseudo-label round 2, and the CLI.
+processes, Slurm through submitit), default runs, pseudo-label round 2, HTML reports of executed
+notebooks and outputs/index.html, search specs as Optuna studies, and the CLI.
 """
 
 from segkit.flow.cli import (
@@ -25,6 +26,10 @@ from segkit.flow.executors import (
     slurm_parameters,
     training_run_dir,
 )
+from segkit.flow.index import (
+    executed_notebooks,
+    write_index,
+)
 from segkit.flow.notebook import (
     NOTEBOOKS_DIR,
     PATH_PARAMETERS,
@@ -47,11 +52,33 @@ from segkit.flow.pipeline import (
     run_demo,
     run_pipeline,
 )
+from segkit.flow.reports import (
+    MAX_SIDE,
+    caption_figures,
+    report_path,
+    shrink_figures,
+    web_image,
+    write_html_report,
+    write_pipeline_reports,
+)
 from segkit.flow.round2 import (
     ROUND2_STARTS,
     check_round2_start,
     round2_parameters,
     train_round2,
+)
+from segkit.flow.studies import (
+    SearchResult,
+    SearchSpec,
+    SearchWorkerJob,
+    find_spec,
+    load_search,
+    papermill_train,
+    prepare_study,
+    run_search,
+    winner_spec,
+    worker_command,
+    write_winner,
 )
 
 __all__ = [
@@ -86,10 +113,30 @@ __all__ = [
     "fill_template",
     "run_pipeline",
     "run_demo",
+    "MAX_SIDE",
+    "web_image",
+    "caption_figures",
+    "shrink_figures",
+    "report_path",
+    "write_html_report",
+    "write_pipeline_reports",
+    "executed_notebooks",
+    "write_index",
     "ROUND2_STARTS",
     "check_round2_start",
     "round2_parameters",
     "train_round2",
+    "SearchSpec",
+    "load_search",
+    "papermill_train",
+    "prepare_study",
+    "SearchResult",
+    "run_search",
+    "worker_command",
+    "SearchWorkerJob",
+    "winner_spec",
+    "write_winner",
+    "find_spec",
     "parse_assignments",
     "predict_options",
     "build_parser",

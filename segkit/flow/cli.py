@@ -61,6 +61,12 @@ def _cmd_ensemble(args) -> int:
                 break
     if not inputs:
         raise ParameterError("ensemble needs input submissions or prediction folders")
+    from segkit.core.paths import distinct_paths
+
+    inputs = distinct_paths(inputs, "ensemble inputs")  # `A` and `A/../A` are one input
+    if len(inputs) < 2:
+        what = "submissions" if args.method == "hard" else "prediction folders"
+        raise ParameterError(f"a {args.method} vote needs at least 2 {what}, got {len(inputs)}")
     if args.method == "hard":
         out = hard_vote(inputs, args.out, weights, args.num_classes, tuple(args.size))
     else:  # probabilities: the prediction layer (the hard vote needs only the submission one)
@@ -166,9 +172,20 @@ def _cmd_predict(args) -> int:
 
     root = resolve_data_root(args.data_root) if args.data_root else None
     options = predict_options(args)
+    if args.images:  # a folder of images without annotations instead of the splits
+        from segkit.predict.images import predict_images
+
+        folder = predict_images(args.run, args.images, options, name=args.name,
+                                submission=args.submission, batch_size=args.batch_size,
+                                progress=True)
+        print(f"{len(folder.meta['images'])} images of {args.images}: label maps and "
+              f"probabilities in {folder.path}"
+              + (f"; submission: {folder.submission}" if args.submission else ""))
+        return 0
     done = predict_and_score(args.run, options, args.splits, val_file=args.val_file,
                              test_file=args.test_file, data_root=root, name=args.name,
-                             batch_size=args.batch_size, progress=True)
+                             batch_size=args.batch_size, progress=True,
+                             decisions=args.decisions)
     if done.evaluation is not None:
         print(done.evaluation.per_class.round(4).to_string())
         print(f"validation mIoU {done.evaluation.miou:.4f} on "
@@ -176,6 +193,8 @@ def _cmd_predict(args) -> int:
     if done.test is not None:
         print(f"submission: {done.submission} (valid for {args.test_file})"
               + (f"; local score in {done.score_file}" if done.score_file else ""))
+    if done.decided is not None:
+        print(f"submission with the decisions of {args.decisions}: {done.decided}")
     if options.checkpoints:
         vote = vote_checkpoints(done.run, options, test_file=args.test_file, data_root=root,
                                 name=args.name)
@@ -201,7 +220,8 @@ def _cmd_pipeline(args) -> int:
 def _cmd_oof(args) -> int:
     from segkit.predict.cv import out_of_fold
 
-    result = out_of_fold(args.runs, predict_options(args), name=args.name)
+    result = out_of_fold(args.runs, predict_options(args), name=args.name,
+                         partial=args.partial)
     print(result.report())
     return 0
 
@@ -324,6 +344,16 @@ def _model_commands(sub) -> None:
                         "checkpoints; the vote's submission lands beside the run's)")
     p.add_argument("--name", default="", help="outputs/predictions/NAME/ (default: the run's)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--decisions", default=None, metavar="FILE",
+                   help="a decisions.json (segkit decide on the run's recipe) applied to the "
+                        "test probabilities: outputs/predictions/NAME/decided.csv")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="predict every JPEG / PNG under DIR (no annotations) instead of the "
+                        "splits: label maps and probabilities in outputs/predictions/NAME/"
+                        "images_DIRNAME (the folder itself is only read)")
+    p.add_argument("--submission", action="store_true",
+                   help="with --images: a submission CSV of them too (file names relative to "
+                        "DIR, label maps at --size)")
     _prediction_arguments(p)
 
 
@@ -370,6 +400,9 @@ def _flow_commands(sub) -> None:
     p.add_argument("runs", nargs="+", help="the fold runs (folders or names under "
                                            "outputs/runs), one per fold of one split")
     p.add_argument("--name", default="", help="outputs/oof/NAME (default: the recipe's)")
+    p.add_argument("--partial", action="store_true",
+                   help="score folds that leave images of their split out (1 of 3 folds): "
+                        "refused without it; the score then says N of M images")
     _prediction_arguments(p)
 
     p = add_command(sub, "lb", _cmd_lb, "record a public-leaderboard score beside a submission "
@@ -413,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_commands(sub)
     _model_commands(sub)
     _flow_commands(sub)
+    __import__("segkit.flow.cli_reports", fromlist=["add_commands"]).add_commands(sub)
+    __import__("segkit.flow.cli_search", fromlist=["add_commands"]).add_commands(sub)
+    __import__("segkit.flow.cli_model_io", fromlist=["add_commands"]).add_commands(sub)
+    __import__("segkit.flow.cli_decide", fromlist=["add_commands"]).add_commands(sub)
     return parser
 
 

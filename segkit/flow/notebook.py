@@ -44,7 +44,8 @@ def notebook_path(name: str | os.PathLike) -> Path:
 # does not is left for the notebook, which also looks under the project root and outputs/).
 PATH_PARAMETERS = ("data_root", "run_dir", "run_dirs", "runs", "curve_runs", "error_run",
                    "split_dir", "splits_dir", "output_dir", "train_file", "val_file",
-                   "extra_train_files", "load_from", "work_dir")
+                   "extra_train_files", "load_from", "work_dir", "iters_from", "decisions",
+                   "images_dir")
 
 
 def from_here(value):
@@ -189,6 +190,11 @@ def check_parameters(namespace: dict, notebook: str | os.PathLike) -> None:
     if unknown:
         raise ParameterError(f"{notebook} has no parameters {unknown}; it has: "
                              f"{', '.join(defaults)}")
+    if Path(notebook).stem == "04_train":  # text of any kind (fold=all, ...): its own check
+        from segkit.recipe.parameters import TRAINING_PARAMETERS
+
+        defaults = {k: v for k, v in defaults.items()
+                    if k not in {p.name for p in TRAINING_PARAMETERS if p.kind == "any"}}
     for name, default in defaults.items():
         value = namespace.get(name)
         wants_structure = isinstance(default, (list, tuple, dict)) or (

@@ -7,7 +7,9 @@ for the outputs folder (`annotation_file: "{outputs}/splits/fold2_train.json"`);
 stay as they are. A fanned-out 04_train saves each
 executed notebook in its run folder (outputs/runs/<run>/04_train.ipynb), others in
 outputs/pipelines/<spec>/<notebook>_fold1.ipynb. The items run here one after another, or
-several at once as processes or Slurm jobs (segkit.flow.executors).
+several at once as processes or Slurm jobs (segkit.flow.executors). Each executed notebook
+gets a self-contained HTML report beside it (segkit.flow.reports), and outputs/index.html is
+rewritten after every step (segkit.flow.index).
 
 Example:
     run_notebook("notebooks/02_split.ipynb", "outputs/splits/02_split.ipynb",
@@ -39,7 +41,7 @@ DEMO_SPEC = NOTEBOOKS_DIR / "demo.yaml"
 
 
 STEP_KEYS = ("notebook", "output", "parameters", "foreach")
-SPEC_KEYS = ("name", "parameters", "steps", "executor")
+SPEC_KEYS = ("name", "parameters", "steps", "executor", "search")  # search: segkit.flow.studies
 
 
 def load_spec(path: str | os.PathLike) -> dict:
@@ -65,6 +67,12 @@ def load_spec(path: str | os.PathLike) -> dict:
         spec = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise SegkitError(f"{path}: pipeline spec not found") from None
+    except IsADirectoryError:
+        raise SegkitError(f"{path}: a folder, not a pipeline spec (a YAML file, e.g. "
+                          "notebooks/demo.yaml)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SegkitError(f"{path}: cannot read the pipeline spec ({reason})") from None
     except yaml.YAMLError as exc:
         raise SegkitError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list) or not spec["steps"]:
@@ -141,6 +149,37 @@ def fill_template(value, values: dict):
     return value
 
 
+_NAMED_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")  # {fold}, not a regex's {2}
+
+
+def _texts(value, key: str):
+    """(parameter, text) of every text inside a parameter value (lists and mappings too)."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _texts(v, key)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _texts(v, f"{key}.{k}")
+
+
+def _refuse_unfilled(where: str, params: dict, output, values: dict) -> None:
+    """A SegkitError naming the step and the placeholder when a `{name}` is left after the
+    step's foreach values and `{outputs}` were filled in: without a foreach to fill it, a
+    `{fold}` would reach the notebook (or a folder name) literally."""
+    filled = {"outputs", *values}
+    texts = [*((k, v) for k, value in params.items() for k, v in _texts(value, k)),
+             *([("output", fill_template(output, values))] if isinstance(output, str) else [])]
+    for key, text in texts:
+        left = [m for m in _NAMED_PLACEHOLDER.findall(text) if m not in filled]
+        if left:
+            fill = f"foreach: {{{left[0]}: [...]}}"
+            raise SegkitError(f"{where}: {key}={text!r} holds the placeholder {{{left[0]}}}, "
+                              f"which nothing fills: give the step {fill} (its values fill "
+                              f"it), or write the value itself")
+
+
 def _combinations(foreach: dict | None) -> list[dict]:
     if not foreach:
         return [{}]
@@ -171,6 +210,7 @@ def _plan_item(spec, spec_path, i, name, declared, shared, step, values):
     # `{outputs}`: the outputs folder, in any step (a file an earlier step wrote)
     params = fill_template({**params, **values}, {"outputs": str(outputs_dir().resolve()),
                                                          **values})
+    _refuse_unfilled(where, params, step.get("output"), values)
     unknown = set(params) - declared
     if unknown:
         raise SegkitError(f"{where} sets {sorted(unknown)}, which the notebook does not "
@@ -235,6 +275,8 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
     `executor_options`; the next step starts when all of them are done. A 04_train item
     whose run folder holds a checkpoint of the same parameters resumes it.
     """
+    import time
+
     from tqdm import tqdm
 
     from segkit.flow.executors import (
@@ -244,6 +286,7 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
         resume_parameters,
         run_jobs,
     )
+    from segkit.flow.reports import write_pipeline_reports
 
     spec = load_spec(spec_path)
     steps = _plan(spec, spec_path, overrides)
@@ -257,6 +300,7 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
     bar = tqdm(steps, desc=spec["name"], disable=not progress)
     for step in bar:
         bar.set_postfix_str(step.name)
+        started = time.time()
         try:
             if not step.fanned:
                 params, output, _ = step.items[0]
@@ -273,6 +317,8 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
                                  name=f"{spec['name']}-{step.index}-{step.name}")
         except NotebookError as exc:
             raise NotebookError(f"step {step.index} of {spec_path}: {exc}") from None
+        finally:  # HTML reports beside the executed notebooks (failed too), outputs/index.html
+            write_pipeline_reports([output for _, output, _ in step.items], started)
     return executed
 
 

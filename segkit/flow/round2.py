@@ -40,6 +40,8 @@ def round2_parameters(run_dir: str | os.PathLike, pseudo_files: Sequence[str | o
 
     check_round2_start(start)
     run = Run.open(run_dir)
+    # round 2 repeats round 1's folds: refused when its recorded train / val files changed since
+    run.check_data(extra=False)
     declared = notebook_parameters(notebook)
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
@@ -67,8 +69,10 @@ def train_round2(run_dir: str | os.PathLike, pseudo_files: Sequence[str | os.Pat
     """
     from segkit.core.paths import outputs_dir
     from segkit.flow.notebook import run_notebook
+    from segkit.predict.pseudo import check_pseudo_kept
     from segkit.results.runs import Run
 
+    check_pseudo_kept(pseudo_files)  # a threshold that kept no pixel: nothing to train on
     params = round2_parameters(run_dir, pseudo_files, run_name, start, checkpoint, **overrides)
     work_dir = outputs_dir() / "runs" / run_name
     if Run(work_dir).last_checkpoint is not None:

@@ -9,9 +9,19 @@ from segkit.folds.checks import (
 )
 from segkit.folds.files import (
     FOLD_FILE,
+    SPLIT_FILE,
     available_folds,
     fold_files,
+    read_split_info,
+    split_command,
+    split_size,
     write_folds,
+)
+from segkit.folds.full_data import (
+    FULL_DATA_FILE,
+    full_data_files,
+    full_data_sources,
+    images_without,
 )
 from segkit.folds.groups import (
     GROUP_BY_HELP,
@@ -38,9 +48,17 @@ __all__ = [
     "crossing_pairs",
     "duplicate_pairs_per_fold",
     "FOLD_FILE",
+    "SPLIT_FILE",
     "available_folds",
     "fold_files",
+    "read_split_info",
+    "split_command",
+    "split_size",
     "write_folds",
+    "FULL_DATA_FILE",
+    "full_data_files",
+    "full_data_sources",
+    "images_without",
     "GROUP_SOURCES",
     "GROUP_BY_HELP",
     "parse_group_by",

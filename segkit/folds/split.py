@@ -88,6 +88,26 @@ def _check_split_parameters(coco: Coco, n_splits, seed, by: str) -> None:
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+def _check_fold_count(coco: Coco, classes: ClassTable, n_splits: int, by: str,
+                      labels: np.ndarray, groups: np.ndarray) -> None:
+    """StratifiedGroupKFold needs a class with at least n_splits members (annotations, or
+    pixel units by="pixels") and at least n_splits groups: a ParameterError with the range
+    the data allows instead of sklearn's message."""
+    if not len(labels):
+        return
+    values, counts = np.unique(labels, return_counts=True)
+    n_groups = len(np.unique(groups))
+    top = int(counts.max())
+    limit = min(top, n_groups)
+    if n_splits > limit:
+        name = classes.names[int(values[counts.argmax()])]
+        unit = "annotations" if by == "annotations" else "pixel units"
+        raise ParameterError(
+            f"n_splits={n_splits} is more than {coco.path} allows: stratified folds need "
+            f"n_splits members of a class (its most frequent, {name}, has {top} {unit}) and "
+            f"n_splits groups (it has {n_groups}); allowed: 2..{limit}")
+
+
 def stratification_rows(coco: Coco, classes: ClassTable, by: str = "annotations",
                         pixels: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The (labels, groups) rows handed to StratifiedGroupKFold: class indices and image ids.
@@ -149,6 +169,7 @@ def make_folds(coco: Coco, classes: ClassTable, n_splits: int = 5, seed: int = 4
             image_of_code.setdefault(codes[g], []).append(int(i))
     else:
         image_of_code = None
+    _check_fold_count(coco, classes, n_splits, by, labels, groups)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed))
     fold_of_image: dict[int, int] = {}
     with warnings.catch_warnings():
@@ -233,7 +254,8 @@ def split_file(annotation_file: str | os.PathLike, out_dir: str | os.PathLike | 
     pixels = pixel_counts(coco, classes) if by == "pixels" else None
     folds = make_folds(coco, classes, n_splits, seed, by, pixels, group_by)
     group_counts(folds, image_groups(coco, group_by), str(coco.path))
-    return write_folds(coco, folds, out_dir if out_dir is not None else outputs_dir() / "splits")
+    return write_folds(coco, folds, out_dir if out_dir is not None else outputs_dir() / "splits",
+                       settings={"seed": int(seed), "by": by, "group_by": group_by or None})
 
 
 def fold_folder(data_root: str | os.PathLike = "", splits_dir: str | os.PathLike = "") -> Path:

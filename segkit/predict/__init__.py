@@ -1,5 +1,6 @@
 """Prediction: inference with TTA and sliding windows, prediction folders written whole,
-ensembles, pseudo labels, and cross-validation (out-of-fold scores, ensemble inputs).
+ensembles, pseudo labels, cross-validation (out-of-fold scores, ensemble inputs), and the
+decisions fitted on out-of-fold predictions (weights, class biases, small regions).
 """
 
 from segkit.predict.cv import (
@@ -10,6 +11,20 @@ from segkit.predict.cv import (
     out_of_fold,
     recipe_name,
     recipes,
+)
+from segkit.predict.decisions import (
+    AREA_GRID,
+    BIAS_GRID,
+    DECISIONS,
+    WEIGHT_GRID,
+    Decisions,
+    decided_submission,
+    decisions_dir,
+    decisions_rule,
+    fit_decisions,
+    load_decisions,
+    oof_folds,
+    write_decisions,
 )
 from segkit.predict.ensemble import (
     ENSEMBLE_COLUMNS,
@@ -25,6 +40,10 @@ from segkit.predict.ensemble import (
     submit_ensemble,
     truth_at_size,
     write_ensemble_submission,
+)
+from segkit.predict.images import (
+    images_prediction_dir,
+    predict_images,
 )
 from segkit.predict.inference import (
     check_model_classes,
@@ -51,6 +70,7 @@ from segkit.predict.options import (
 from segkit.predict.pseudo import (
     TOLERANCE,
     PseudoResult,
+    check_pseudo_kept,
     check_threshold,
     label_from_probs,
     pseudo_dir,
@@ -78,6 +98,18 @@ __all__ = [
     "OutOfFold",
     "out_of_fold",
     "cv_table",
+    "DECISIONS",
+    "WEIGHT_GRID",
+    "BIAS_GRID",
+    "AREA_GRID",
+    "decisions_rule",
+    "oof_folds",
+    "fit_decisions",
+    "Decisions",
+    "decisions_dir",
+    "write_decisions",
+    "load_decisions",
+    "decided_submission",
     "ENSEMBLE_METHODS",
     "ENSEMBLE_COLUMNS",
     "ensemble_column",
@@ -91,6 +123,8 @@ __all__ = [
     "write_ensemble_submission",
     "disagreement_examples",
     "submit_ensemble",
+    "images_prediction_dir",
+    "predict_images",
     "pick_device",
     "load_model",
     "validation_scale",
@@ -111,6 +145,7 @@ __all__ = [
     "PseudoResult",
     "pseudo_dir",
     "check_threshold",
+    "check_pseudo_kept",
     "label_from_probs",
     "pseudo_labels",
     "show_examples",

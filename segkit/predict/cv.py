@@ -34,18 +34,19 @@ from segkit.coco.files import load_coco
 from segkit.core.classes import IGNORE_INDEX, ClassTable
 from segkit.core.errors import ParameterError, SegkitError
 from segkit.core.metrics import confusion_matrix, miou, per_class_iou
-from segkit.core.paths import atomic_folder, outputs_dir, write_text_atomic
+from segkit.core.paths import atomic_folder, distinct_paths, outputs_dir
 from segkit.predict.options import PredictOptions
 from segkit.predict.writing import predict_run
 from segkit.results.predictions import PredictionFolder, write_prediction_meta
 from segkit.results.runs import Run
 from segkit.submission.vote import argmax_classes
 
-_FOLD = re.compile(r"fold\d+")
+_FOLD = re.compile(r"fold(\d+|all)")
 
 
 def recipe_name(run: str | os.PathLike | Run) -> str:
-    """`lite0_fold3` -> `lite0_fold*`: the name shared by a recipe's fold runs."""
+    """`lite0_fold3` -> `lite0_fold*`: the name shared by a recipe's fold runs (and by its
+    full-data run, `lite0_foldall`)."""
     name = run.name if isinstance(run, Run) else Path(os.fspath(run)).name
     return _FOLD.sub("fold*", name)
 
@@ -71,6 +72,11 @@ def check_folds(runs: Sequence[str | os.PathLike | Run]) -> list[tuple[Run, Path
     opened = [Run.open(r) for r in runs]
     if not opened:
         raise ParameterError("no runs given")
+    distinct_paths([run.path for run in opened], "runs")  # one run given twice
+    for run in opened:
+        if run.full_data:
+            raise SegkitError(f"{run.path}: a full-data run (fold=all) trained on every image, "
+                              "so it has no out-of-fold prediction; give the recipe's fold runs")
     folds = sorted(((run, run.data()[1]) for run in opened), key=lambda f: (str(f[1]), f[0].name))
     first, first_val = folds[0]
     seen: dict = {}
@@ -114,6 +120,23 @@ class OutOfFold:
     classes: list[str]
     per_fold: pd.DataFrame
     truth: dict = field(repr=False, default_factory=dict)
+    split_images: int | None = None  # images of the runs' split (None: not known)
+    split_folds: int | None = None
+
+    @property
+    def images(self) -> int:
+        return int(self.per_fold["images"].sum())
+
+    @property
+    def coverage(self) -> str:
+        """"N of M images" (N alone when the split's size is not known)."""
+        return f"{self.images} of {self.split_images} images" if self.split_images \
+            else f"{self.images} images"
+
+    @property
+    def partial(self) -> bool:
+        """Whether the folds leave images of their split out (`out_of_fold(partial=True)`)."""
+        return bool(self.split_images) and self.images < self.split_images
 
     @property
     def miou(self) -> float:
@@ -134,7 +157,8 @@ class OutOfFold:
 
     def summary(self) -> dict:
         return {"recipe": self.name, "folds": len(self.per_fold),
-                "images": int(self.per_fold["images"].sum()), "mean mIoU": self.mean,
+                "images": self.images, "split images": self.split_images,
+                "coverage": self.coverage, "partial": self.partial, "mean mIoU": self.mean,
                 "std": self.std, "OOF mIoU": self.miou,
                 "per-fold mIoU": ", ".join(f"{v:.4f}" for v in self.per_fold["mIoU"])}
 
@@ -143,16 +167,40 @@ class OutOfFold:
         per_class = self.per_class.to_frame().to_string(float_format=lambda v: f"{v:.4f}",
                                                         na_rep="absent")
         folds = self.per_fold.to_string(index=False, float_format=lambda v: f"{v:.4f}")
-        return "\n".join([f"{self.name}: {len(self.runs)} folds, "
-                          f"{int(self.per_fold['images'].sum())} images out of fold "
-                          f"({self.folder.path})", "", folds, "",
+        folds_of = f" of {self.split_folds}" if self.split_folds else ""
+        partial = " (partial: the other images of the split are not scored)" \
+            if self.partial else ""
+        return "\n".join([f"{self.name}: {len(self.runs)}{folds_of} folds, {self.coverage} "
+                          f"out of fold{partial} ({self.folder.path})", "", folds, "",
                           f"per-fold mIoU: mean {self.mean:.4f} +- {self.std:.4f} (std)", "",
                           per_class, "", f"OOF mIoU: {self.miou:.4f}"])
 
 
-def _merge(name: str, folds: list[tuple[Run, Path, PredictionFolder]], out_dir: Path) -> None:
+def fold_coverage(folds: list[tuple[Run, Path]]) -> tuple[int, int | None, int | None, list]:
+    """(images the fold runs validate on, images of their split, folds of the split, the
+    split's folds none of them validates on). The split as the first run's data.json records
+    it, else as split.json / folds.csv in its validation file's folder say; (N, None, None,
+    []) where nothing says (validation files that are not a fold set)."""
+    from segkit.folds.files import FOLD_FILE, split_size
+
+    covered = sum(len(load_coco(val).images) for _, val in folds)
+    run, val = folds[0]
+    recorded = (run.recorded_data() or {}).get("split") or {}
+    if recorded.get("images") and recorded.get("n_splits"):
+        size = int(recorded["n_splits"]), int(recorded["images"])
+    else:
+        size = split_size(val.parent)
+    if size is None:
+        return covered, None, None, []
+    present = {int(m.group(1)) for _, v in folds if (m := FOLD_FILE.fullmatch(v.name))}
+    return covered, size[1], size[0], [k for k in range(size[0]) if k not in present]
+
+
+def _merge(name: str, folds: list[tuple[Run, Path, PredictionFolder]], out_dir: Path,
+           score: str = "") -> None:
     """The folds' probabilities in one folder (hard links where the file system allows),
-    images by id, meta.json naming every input."""
+    images by id, meta.json naming every input, score.json (`score`); the folder is built
+    beside `out_dir` and replaces it whole."""
     first = folds[0][2]
     images = sorted((img for _, _, f in folds for img in f.images), key=lambda i: i["id"])
     source = {img["id"]: f for _, _, f in folds for img in f.images}
@@ -172,17 +220,30 @@ def _merge(name: str, folds: list[tuple[Run, Path, PredictionFolder]], out_dir: 
                                    "runs": [str(run.path) for run, _, _ in folds],
                                    "val_files": [str(val) for _, val, _ in folds],
                                    "inputs": [str(f.path) for _, _, f in folds]})
+        if score:
+            (building / "score.json").write_text(score)
 
 
 def out_of_fold(runs: Sequence[str | os.PathLike | Run],
                 options: PredictOptions = PredictOptions(flips=("h",)), name: str = "",
-                data_root=None) -> OutOfFold:
+                data_root=None, partial: bool = False) -> OutOfFold:
     """Merge the validation predictions of one recipe's fold runs at `options.checkpoint`
     (each predicted unless a matching folder is there) into outputs/oof/<name>/ and score them
     (module docstring). Writes score.json beside the probabilities.
+
+    Folds that leave images of their split out (1 of 3 folds) are refused unless `partial`;
+    then the result says "N of M images" (`OutOfFold.coverage`, score.json).
     """
     checkpoint = options.checkpoint
     folds = check_folds(runs)
+    covered, split_images, split_folds, missing = fold_coverage(folds)
+    if split_images and covered < split_images and not partial:
+        lacking = f"; no run of fold {', '.join(map(str, missing))}" if missing else ""
+        raise SegkitError(
+            f"{recipe_name(folds[0][0])}: the runs validate on {len(folds)} of {split_folds} "
+            f"folds, {covered} of {split_images} images of the split in {folds[0][1].parent}"
+            f"{lacking}: an out-of-fold score needs every fold; train the missing folds, or "
+            f"score these {covered} images alone with --partial (partial=True)")
     name = name or recipe_name(folds[0][0]).replace("fold*", "oof") + (
         "" if str(checkpoint) == "best" else f"@{Path(str(checkpoint)).stem}")
     merged, rows, total, classes = [], [], None, None
@@ -205,14 +266,14 @@ def out_of_fold(runs: Sequence[str | os.PathLike | Run],
         rows.append((run.name, val.name, len(coco.images), miou(cm)))
         merged.append((run, val, folder))
     out_dir = outputs_dir() / "oof" / name
-    _merge(name, merged, out_dir)
     result = OutOfFold(name, [r for r, _ in folds], PredictionFolder(out_dir), total,
                        list(classes.names),
-                       pd.DataFrame(rows, columns=["run", "val_file", "images", "mIoU"]), truth)
+                       pd.DataFrame(rows, columns=["run", "val_file", "images", "mIoU"]), truth,
+                       split_images, split_folds)
     score = {**result.summary(), "per_class": {k: (None if math.isnan(v) else v)
                                                for k, v in result.per_class.items()},
              "per_fold": result.per_fold.to_dict("records")}
-    write_text_atomic(out_dir / "score.json", json.dumps(score, indent=1, default=str))
+    _merge(name, merged, out_dir, json.dumps(score, indent=1, default=str))
     return result
 
 
@@ -222,6 +283,7 @@ def cv_table(runs: Sequence[str | os.PathLike | Run],
     per-fold mIoU, their mean and std, and the OOF mIoU; best OOF first."""
     rows = []
     for recipe, members in recipes(runs).items():
+        members = [r for r in members if not r.full_data]  # no OOF prediction
         if len(members) < 2:
             continue
         try:

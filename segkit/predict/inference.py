@@ -16,7 +16,7 @@ import numpy as np
 from segkit.core.checks import check_choice
 from segkit.core.errors import SegkitError
 from segkit.predict.options import REDUCTIONS
-from segkit.results.runs import Run
+from segkit.results.runs import Run, checkpoint_problem
 from segkit.submission.codec import SUBMISSION_SIZE
 
 
@@ -32,20 +32,23 @@ def load_model(run: str | os.PathLike | Run | None = None, checkpoint: str = "be
                config: str | os.PathLike | None = None, device: str | None = None):
     """An mmseg model in eval mode from a run folder (its config.py and best / last / an
     iteration's checkpoint), or from an explicit config + checkpoint path."""
+    import segkit.train  # noqa: F401, I001  (first: compat's mmcv stand-in, then segkit's parts)
     from mmseg.apis import init_model
-
-    import segkit.train  # noqa: F401  (registers segkit's parts before the config loads)
 
     if run is not None:
         run = Run.open(run)
         config = config or run.config_path
-        ckpt = run.checkpoint(checkpoint)
+        ckpt = run.check_checkpoint(run.checkpoint(checkpoint))  # a cut file: one line
     else:
         if config is None:
             raise SegkitError("load_model needs a run folder or a config and a checkpoint")
         ckpt = Path(checkpoint)
         if not ckpt.exists():
             raise SegkitError(f"{ckpt}: checkpoint not found")
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            raise SegkitError(f"{ckpt}: the checkpoint does not read back ({problem}); pass "
+                              "another checkpoint file")
     if not Path(config).exists():
         raise SegkitError(f"{config}: config not found")
     from segkit.train.compat import quiet_model_loading
@@ -92,9 +95,14 @@ def _to_probs(model, logits):
     import torch
 
     if type(model.decode_head).__name__ in ("Mask2FormerHead", "MaskFormerHead"):
-        # mask-classification heads output class scores, not logits: normalise, don't softmax
+        # mask-classification heads output class scores, not logits: normalise, don't softmax.
+        # A barely trained model scores every class near 0 (1e-10 and less: "no object" wins),
+        # so no floor but the smallest float: the probabilities still sum to 1 (uniform where
+        # every score is 0).
         scores = logits.float().clamp_min(0)
-        return scores / scores.sum(1, keepdim=True).clamp_min(1e-6)
+        total = scores.sum(1, keepdim=True)
+        return torch.where(total > 0, scores / total.clamp_min(torch.finfo(torch.float32).tiny),
+                           1.0 / scores.shape[1])
     return torch.softmax(logits.float(), dim=1)
 
 

@@ -187,6 +187,7 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
 
     predicted = np.zeros(num_classes, np.int64)
     kept = np.zeros(num_classes, np.int64)
+    top = 0.0  # the highest top probability of any pixel: what a threshold must stay under
     kept_share: dict[int, float] = {}
     images = []
     with atomic_folder(out_dir) as building:
@@ -196,6 +197,7 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
             full = resize_probs(probs, (entry["height"], entry["width"]))
             label = label_from_probs(full, threshold)
             argmax = full.argmax(0)
+            top = max(top, float(full.max()))
             predicted += np.bincount(argmax.ravel(), minlength=num_classes)
             kept += np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=num_classes)
             kept_share[image["id"]] = float((label != IGNORE_INDEX).mean())
@@ -215,12 +217,42 @@ def pseudo_labels(pred_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         write_text_atomic(building / "meta.json", json.dumps({
             "inputs": [str(d) for d in folders.dirs], "weights": weight_array.tolist(),
             "threshold": threshold, "ignore_index": IGNORE_INDEX, "source": str(coco.path),
-            "kept_share": float(kept.sum() / max(total, 1))}, indent=1))
+            "kept_share": float(kept.sum() / max(total, 1)), "kept_pixels": int(kept.sum()),
+            "pixels": int(total), "max_confidence": top}, indent=1))
         data = {"info": {"description": f"segkit pseudo labels (threshold {threshold})"},
                 "images": images, "annotations": [], "categories": coco.categories,
                 "segkit": {"image_root": _image_root_entry(root, out_dir)}}
         write_coco(data, building / "pseudo.json")
     return PseudoResult(out_dir, out_dir / "pseudo.json", report, kept_share)
+
+
+def check_pseudo_kept(pseudo_files: Sequence[str | os.PathLike]) -> None:
+    """Refuse pseudo-label files whose threshold kept no pixel (every label 255): a second
+    round would train on nothing new. Reads each file's meta.json (files of other origin,
+    without one, pass); a ParameterError gives the share kept and the highest confidence.
+
+    Example:
+        check_pseudo_kept(["outputs/pseudo/lite0_fold0_t0.9/pseudo.json"])
+    """
+    for path in pseudo_files:
+        meta_path = Path(path).parent / "meta.json"
+        if Path(path).name != "pseudo.json" or not meta_path.is_file():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        kept = meta.get("kept_pixels")
+        if kept is None:  # written before the counts were: the share alone
+            kept = 1 if meta.get("kept_share", 1) > 0 else 0
+        if kept == 0:
+            top = meta.get("max_confidence")
+            below = f" (the most confident pixel reached {top:.3f}: a threshold at or " \
+                    f"below it keeps some)" if top is not None else ""
+            raise ParameterError(
+                f"{path}: threshold {meta.get('threshold')} kept 0.0% of the "
+                f"{meta.get('pixels', '?')} test pixels{below}; a second round would train on "
+                "no pseudo label: lower the threshold")
 
 
 def show_examples(result: PseudoResult, classes: ClassTable | None = None,

@@ -50,11 +50,12 @@ def _batches(images: list[dict], batch_size: int) -> list[list[dict]]:
 
 def predict_dataset(model, coco, data_root, out_dir, options: PredictOptions = PredictOptions(),
                     *, split: str = "test", batch_size: int = 4, save_full_labels: bool = False,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, submission: bool | None = None) -> Path:
     """Predict every image of a COCO file into a prediction folder (see the module docstring).
 
     Writes probs at `options.out_size` for each image, `labels/<id>.png` (full size) when
-    asked, the submission CSV for the test split, and meta.json; all of it in a folder beside
+    asked, the submission CSV for the test split (`submission`: True / False for any split),
+    and meta.json; all of it in a folder beside
     `out_dir` that replaces it whole at the end, so `out_dir` is complete or as it was.
     """
     from tqdm import tqdm
@@ -89,7 +90,7 @@ def predict_dataset(model, coco, data_root, out_dir, options: PredictOptions = P
                     else reduce_label(label, out_size, options.reduction))
             bar.update(len(batch))
         bar.close()
-        if split == "test":
+        if split == "test" if submission is None else submission:
             from segkit.submission.files import write_submission
 
             write_submission(building / "submission.csv",
@@ -135,9 +136,13 @@ def predict_run(run: str | os.PathLike | Run, split: str,
     from segkit.predict.inference import check_model_classes, load_model
 
     run = Run.open(run)
-    root, val_file = run.data()
-    root = Path(data_root) if data_root else root
-    coco = load_coco(coco_file or (val_file if split == "val" else root / "test.json"))
+    root = Path(data_root) if data_root else run.data_root
+    if coco_file is None:  # the run's validation file is checked against its data.json
+        coco_file = run.data()[1] if split == "val" else root / "test.json"
+        if coco_file is None:
+            raise SegkitError(f"{run.path}: a full-data run (fold=all) without a holdout_file "
+                              "has no validation file to predict")
+    coco = load_coco(coco_file)
     ckpt = run.checkpoint(options.checkpoint)
     out_dir = Path(out_dir) if out_dir else outputs_dir() / "predictions" / run.name / split
     if reusable(out_dir, options.identity(ckpt, coco.path, split), save_full_labels):
@@ -198,6 +203,7 @@ class Predicted:
     evaluation: Evaluation | None = None
     test: PredictionFolder | None = None
     score_file: Path | None = None
+    decided: Path | None = None  # the submission with decisions.json applied (`decisions`)
 
     @property
     def submission(self) -> Path | None:
@@ -207,10 +213,16 @@ class Predicted:
 def predict_and_score(run: str | os.PathLike | Run, options: PredictOptions = PredictOptions(),
                       splits=("val", "test"), *, val_file=None, test_file: str = "test.json",
                       data_root=None, name: str = "", batch_size: int = 4,
-                      progress: bool = False) -> Predicted:
+                      progress: bool = False, decisions=None) -> Predicted:
     """05_predict and `segkit predict` in one call: the validation split predicted and scored,
     the test split predicted into a checked submission, and the validation mIoU written beside
     it as its local score (`<submission>.score.json`, read by `segkit lb` and 08).
+
+    A full-data run (fold=all) without a holdout has no validation split: test only.
+    `decisions` (a decisions.json of one member, e.g. `segkit decide` on the run's recipe):
+    the test probabilities with its class biases and small-region removal, written to
+    outputs/predictions/<name or run>/decided.csv with the decisions' OOF mIoU beside it,
+    naming the decisions file.
 
     Example:
         done = predict_and_score("efficientnet_lite0_fold0", PredictOptions(flips=["h"]))
@@ -223,7 +235,10 @@ def predict_and_score(run: str | os.PathLike | Run, options: PredictOptions = Pr
         raise SegkitError(f"splits={list(splits)}; allowed: val, test (one or both)")
     done = Predicted(Run.open(run))
     common = dict(data_root=data_root, name=name, batch_size=batch_size, progress=progress)
-    if "val" in splits:
+    if "val" in splits and not val_file and done.run.data()[1] is None:
+        print(f"{done.run.name}: a full-data run (fold=all) without a holdout_file: no "
+              "validation split; test only")
+    elif "val" in splits:
         done.val, done.evaluation = predict_validation(done.run, options, val_file=val_file,
                                                        **common)
     if "test" in splits:
@@ -231,7 +246,26 @@ def predict_and_score(run: str | os.PathLike | Run, options: PredictOptions = Pr
         if done.evaluation is not None:
             done.score_file = write_local_score(done.test.submission, done.evaluation.miou,
                                                 "validation mIoU (full size)")
+        if decisions:
+            done.decided = _decided(done, decisions, test_file, data_root, name)
     return done
+
+
+def _decided(done: Predicted, decisions, test_file: str, data_root, name: str) -> Path:
+    from segkit.predict.decisions import decided_submission, load_decisions
+    from segkit.submission.leaderboard import write_local_score
+
+    decided = load_decisions(decisions)
+    if len(decided.members) != 1:
+        raise SegkitError(f"{decided.path}: decided for an ensemble of {decided.members}; a "
+                          "single run takes decisions of one member (`segkit decide` on its "
+                          "recipe's fold runs), an ensemble's go to 07_ensemble")
+    root = Path(data_root) if data_root else done.run.data_root
+    out = outputs_dir() / "predictions" / (name or done.run.name) / "decided.csv"
+    decided_submission(decided, [done.test], None, out, test_json=root / test_file)
+    write_local_score(out, decided.miou_after, "OOF mIoU of the recipe with the decisions",
+                      decisions=decided.path)
+    return out
 
 
 def val_predictions(run: str | os.PathLike | Run, checkpoint: str = "best") -> Path:

@@ -1,5 +1,6 @@
 """A training recipe as plain data: every 04_train parameter with its default, help and check,
-and the schedule, loss and augmentation texts those parameters hold. No torch.
+and the schedule, loss and augmentation texts those parameters hold; the final (full-data)
+model's iteration count from the recipe's CV runs (`final`). No torch.
 """
 
 from segkit.recipe.augment import (
@@ -12,6 +13,11 @@ from segkit.recipe.augment import (
     batch_augments,
     check_augment,
     pipelines,
+)
+from segkit.recipe.final import (
+    FinalIterations,
+    best_iteration,
+    final_iterations,
 )
 from segkit.recipe.losses import (
     LOSS_TERMS,
@@ -32,6 +38,7 @@ from segkit.recipe.parameters import (
     WEIGHTS,
     Parameter,
     annotation,
+    check_fold,
     check_training_parameters,
     defaults,
     help_text,
@@ -43,6 +50,7 @@ from segkit.recipe.schedules import (
     check_schedule,
     schedule_spec,
     schedulers,
+    warn_long_warmup,
 )
 
 __all__ = [
@@ -59,6 +67,9 @@ __all__ = [
     "loss_terms",
     "check_loss",
     "loss_config",
+    "FinalIterations",
+    "best_iteration",
+    "final_iterations",
     "OPTIMIZERS",
     "AVERAGING",
     "LOSSES",
@@ -70,6 +81,7 @@ __all__ = [
     "BY_NAME",
     "defaults",
     "help_text",
+    "check_fold",
     "check_training_parameters",
     "ANNOTATIONS",
     "ANY_ANNOTATIONS",
@@ -80,4 +92,5 @@ __all__ = [
     "schedule_spec",
     "check_schedule",
     "schedulers",
+    "warn_long_warmup",
 ]

@@ -93,7 +93,80 @@ def check_augment(value: list) -> list:
         raise ParameterError(f"augment lists {repeated} more than once")
     if any(n.startswith("albu.") or n in ALBU_TRANSFORMS for n in names):
         _need_albumentations()
+    for name, _, options in specs:
+        if options:
+            _check_option_values(name, options)
     return list(value)
+
+
+_TRIED: dict = {}  # (name, options) -> None or the problem: a search checks one recipe often
+
+
+def _check_option_values(name: str, options: dict) -> None:
+    """Build the augmentation with its options and run it once on a tiny image, so that an
+    option of the wrong type (`{rotate: {degree: abc}}`) fails at parameter-check time, not
+    inside the first training iteration: a ParameterError naming the augmentation and the
+    option."""
+    key = (name, repr(sorted(options.items(), key=lambda kv: kv[0])))
+    if key not in _TRIED:
+        problem = _try_options(name, options)
+        if problem and len(options) > 1:  # which option: the first that fails on its own
+            culprit = next((k for k in options if _try_options(name, {k: options[k]})), None)
+            if culprit is not None:
+                problem = (culprit, _try_options(name, {culprit: options[culprit]})[1])
+        _TRIED[key] = problem
+    problem = _TRIED[key]
+    if problem:
+        option, reason = problem
+        where = f"option {option}={options[option]!r}" if option in options else \
+            f"options {options!r}"
+        raise ParameterError(f"augment {name}: {where} does not work ({reason}); see "
+                             "segkit.recipe.augment for what each augmentation takes")
+
+
+def _try_options(name: str, options: dict) -> tuple[str, str] | None:
+    """None when the augmentation runs with `options`, else (option or "", reason)."""
+    import contextlib
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sample = dict(img=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                  gt_seg_map=rng.integers(0, 3, (32, 32), dtype=np.uint8),
+                  seg_fields=["gt_seg_map"], img_shape=(32, 32), ori_shape=(32, 32))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the fork's "Could not import OneDL"
+            if name in MMSEG_TRANSFORMS or name == "resize_crop":
+                from mmseg.registry import TRANSFORMS
+
+                if name == "resize_crop":
+                    steps = _geometry({name: (None, options)}, (32, 32), (16, 16))
+                else:
+                    steps = [_mmseg_transform(name, None, options)]
+                    prob_arg = MMSEG_TRANSFORMS[name][3]
+                    if prob_arg:
+                        steps[0][prob_arg] = 1.0  # run it, not skip it at random
+                for step in steps:
+                    sample = TRANSFORMS.build(step)(sample)
+            elif name in ALBU_TRANSFORMS or name.startswith("albu."):
+                import albumentations
+
+                step = _albu_transform(name, None, options)
+                cls = getattr(albumentations, step.pop("type"))
+                step["p"] = 1.0
+                cls(**step)(image=sample["img"], mask=sample["gt_seg_map"])
+            elif name == "cutmix":
+                alpha = options.get("alpha", 1.0)
+                if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or \
+                        not alpha > 0:
+                    return "alpha", "a positive number is needed"
+    except ParameterError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the transform is the option's
+        option = next(iter(options)) if len(options) == 1 else ""
+        return option, " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return None
 
 
 def _need_albumentations() -> None:

@@ -47,18 +47,37 @@ class Parameter:
     check: Callable | None = None  # returns the checked value
 
 
+def check_fold(value):
+    """A fold index, "all" (a full-data run: every training image) or None (with train_file).
+
+    Example:
+        >>> check_fold("all"), check_fold(2), check_fold(None)
+        ('all', 2, None)
+    """
+    if value is None or value == "all" or (isinstance(value, int) and not isinstance(value, bool)
+                                           and value >= 0):
+        return value
+    raise ParameterError(f"fold={value!r}: expected a fold index (0, 1, ...), all (every "
+                         "training image, no validation) or None (with train_file)")
+
+
 P = Parameter
 TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     P("data_root", "", "folder the COCO file names are relative to; '': the embedded sample",
       "path"),
-    P("fold", 0, "train on outputs/splits/fold{fold}_train.json, validate on _val.json",
-      "int", 0, optional=True),
+    P("fold", 0, "train on outputs/splits/fold{fold}_train.json, validate on _val.json; all: "
+      "every training image (train_all.json, else the folds' union), no validation",
+      "any", check=check_fold),
     P("splits_dir", "", "folder of the fold files; '': outputs/splits", "path"),
     P("train_file", "", "an explicit training COCO file instead of a fold (with val_file)",
       "path"),
     P("val_file", "", "an explicit validation COCO file (with train_file)", "path"),
     P("extra_train_files", [], "more training sources: copy-paste output, pseudo labels",
       "list"),
+    P("holdout_file", "", "with fold all: validate on this annotated file (relative to data_root or "
+      "outputs/), whose images are left out of training; '': no validation", "path"),
+    P("iters_from", [], "with fold all: iters from these CV runs' best checkpoints, scaled to the "
+      "larger training set (segkit.recipe.final)", "list"),
     P("model", "efficientnet_lite0", "a catalogue name (segkit.train.models.CATALOGUE) or an mmseg "
       "config .py"),
     P("weights", "auto", "auto | none | backbone | zoo (the whole ADE20K model)",
@@ -205,13 +224,21 @@ def check_training_parameters(params: dict) -> dict:
         checked[name] = _check_one(BY_NAME[name], value)
         if BY_NAME[name].check:
             checked[name] = BY_NAME[name].check(checked[name])
-    if checked["crop_size"] > checked["image_size"]:
+    # whole mode trains the config file's own sizes and ignores both (warn_ignored names them)
+    if checked["crop_size"] > checked["image_size"] and checked["config_mode"] != "whole":
         raise ParameterError(f"crop_size {checked['crop_size']} is larger than image_size "
                              f"{checked['image_size']}")
     if bool(checked["train_file"]) != bool(checked["val_file"]):
         raise ParameterError("pass both train_file and val_file (or neither, and a fold)")
     if not checked["train_file"] and checked["fold"] is None:
         raise ParameterError("pass a fold index or train_file and val_file")
+    full_data = checked["fold"] == "all" and not checked["train_file"]
+    for name in ("holdout_file", "iters_from"):
+        if checked[name] and not full_data:
+            raise ParameterError(f"{name}={checked[name]!r} is for full-data runs (fold=all, "
+                                 "no train_file); a fold validates on its own val file")
+    if checked["iters_from"] and checked["epochs"]:
+        raise ParameterError("pass iters_from or epochs, not both")
     weights = checked["class_weights"]
     if weights is not None and weights != "balanced":
         if isinstance(weights, str) or not isinstance(weights, (list, tuple)) or not all(
@@ -227,8 +254,8 @@ def check_training_parameters(params: dict) -> dict:
 # reads them (its pattern takes no `|`: unions are quoted typing names, never evaluated)
 ANNOTATIONS = {"str": "str", "path": "str", "int": "int", "float": "float", "bool": "bool",
                "list": "list"}
-ANY_ANNOTATIONS = {"schedule": '"Union[str, dict]"', "class_weights": '"Union[str, list, None]"',
-                   "cfg_options": "dict"}
+ANY_ANNOTATIONS = {"fold": '"Union[int, str, None]"', "schedule": '"Union[str, dict]"',
+                   "class_weights": '"Union[str, list, None]"', "cfg_options": "dict"}
 
 
 def annotation(p: Parameter) -> str:

@@ -82,11 +82,40 @@ def _after_warmup(name: str, o: dict, lr: float, begin: int, iters: int) -> dict
     return dict(type="MultiStepLR", milestones=milestones, gamma=o["gamma"], **common)
 
 
+def warn_long_warmup(warmup: int, iters: int) -> str | None:
+    """A warning (returned too) when the warm-up takes more than half of the run: at or past
+    its end (`epochs=1` of a small set against warmup_iters=50) it is cut to the run, which
+    then trains at a rising learning rate throughout and never at `lr`.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     print(warn_long_warmup(50, 12))
+        warmup_iters=50 is not shorter than the run's 12 iterations: the warm-up is cut to 11, so the learning rate rises for the whole run and never reaches lr after a warm-up; set warmup_iters to about a tenth of the iterations (here 1)
+    """
+    import warnings
+
+    if warmup <= 0 or warmup * 2 <= iters:
+        return None
+    advice = f"set warmup_iters to about a tenth of the iterations (here {max(iters // 10, 1)})"
+    if warmup >= iters:
+        text = (f"warmup_iters={warmup} is not shorter than the run's {iters} iterations: the "
+                f"warm-up is cut to {max(iters - 1, 0)}, so the learning rate rises for the "
+                f"whole run and never reaches lr after a warm-up; {advice}")
+    else:
+        text = (f"warmup_iters={warmup} takes {warmup / iters:.0%} of the run's {iters} "
+                f"iterations: the learning rate peaks only after them; {advice}")
+    warnings.warn(text, stacklevel=3)
+    return text
+
+
 def schedulers(schedule, lr: float, iters: int, warmup: int) -> list[dict]:
     """The `param_scheduler` list: a linear warm-up over `warmup` iterations (LinearLR from
     lr/1000), then the named schedule to the end; one-cycle warms up with its own rising
     phase of `warmup` iterations."""
     name, o = schedule_spec(schedule)
+    warn_long_warmup(warmup, iters)
     warmup = min(warmup, max(iters - 1, 0))
     if name == "onecycle":
         # mmengine's phases need two steps each (a shorter one divides by zero): a run under

@@ -18,15 +18,21 @@ from segkit.results.predictions import (
 )
 from segkit.results.report import (
     KEY_PARAMETERS,
+    TRAINED_KEYS,
+    by_class_table,
+    class_table_label,
     confused_pairs,
     curves,
     per_class_table,
     runs_table,
 )
 from segkit.results.runs import (
+    DATA_FILE,
     Run,
     RunResult,
+    checkpoint_problem,
     common_validation,
+    data_record,
     find_runs,
     read_scalars,
 )
@@ -45,13 +51,19 @@ __all__ = [
     "Evaluation",
     "evaluate",
     "KEY_PARAMETERS",
+    "TRAINED_KEYS",
     "runs_table",
+    "by_class_table",
+    "class_table_label",
     "curves",
     "per_class_table",
     "confused_pairs",
+    "DATA_FILE",
+    "data_record",
     "RunResult",
     "read_scalars",
     "Run",
+    "checkpoint_problem",
     "find_runs",
     "common_validation",
 ]

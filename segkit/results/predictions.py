@@ -57,6 +57,10 @@ def write_prediction_meta(pred_dir: str | os.PathLike, images: list[dict], class
 
 
 def read_prediction_meta(pred_dir: str | os.PathLike) -> dict:
+    if Path(pred_dir).is_file():
+        raise SegkitError(f"{pred_dir}: a file, not a prediction folder (soft votes read "
+                          "folders such as outputs/predictions/RUN/test; submission CSVs are "
+                          "hard-voted: --method hard)")
     return read_json_file(Path(pred_dir) / "meta.json",
                           f"{pred_dir}: not a prediction folder (no meta.json)")
 

@@ -2,8 +2,18 @@
 summary, and the data it was trained and validated on.
 
 A run folder (`outputs/runs/<name>/`, mmengine's work_dir) holds params.json (every training
-parameter), config.py (the mmseg config), environment.json, checkpoints (`best_mIoU_iter_N.pth`,
-`iter_N.pth`, `last_checkpoint`), `<timestamp>/vis_data/scalars.json` logs and summary.json.
+parameter), data.json (the files it trained and validated on: see below), config.py (the mmseg
+config), environment.json, checkpoints (`best_mIoU_iter_N.pth`, `iter_N.pth`,
+`last_checkpoint`), `<timestamp>/vis_data/scalars.json` logs and summary.json.
+
+data.json records the data root, the train and validation COCO files and the extra train
+sources (resolved path and sha256 of each) and, for a fold, the split folder with what its
+split.json says (source file, seed, stratification, group rule). Everything that asks a run
+for its validation file (`Run.data`: predict, `segkit oof`, 07's members, 08, round 2 of
+pseudo labels) gets the recorded file, found by its content, and a file whose content changed
+since training is refused in one line: a re-split with another seed would otherwise score the
+run on images it trained on. Runs made before data.json existed resolve their files from
+params.json (fold and splits_dir), as they always did.
 
 Example:
     run = Run.open("efficientnet_lite0_fold0")           # a name, or a path
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,7 +34,20 @@ import numpy as np
 import pandas as pd
 
 from segkit.core.errors import ParameterError, SegkitError
-from segkit.core.paths import PROJECT_ROOT, outputs_dir, read_json_file, resolve_output_path
+from segkit.core.paths import (
+    PROJECT_ROOT,
+    file_sha256,
+    outputs_dir,
+    read_json_file,
+    resolve_output_path,
+    write_text_atomic,
+)
+
+DATA_FILE = "data.json"
+_SPLIT_KEYS = ("source", "source_sha256", "images", "n_splits", "seed", "by", "group_by")
+_CHANGED = {"val": "scores on it would not be the run's validation scores (it may hold images "
+                   "the run trained on)",
+            "train": "the split it belongs to is not the run's any more"}
 
 
 @dataclass
@@ -43,11 +67,19 @@ class RunResult:
 def read_scalars(work_dir: str | os.PathLike) -> pd.DataFrame:
     """All logged scalars of a run (every resumed session), one row per logged step.
 
-    Training rows carry `loss`, `lr`, ...; validation rows `mIoU`, `IoU.<class>`.
+    Training rows carry `loss`, `lr`, ...; validation rows `mIoU`, `IoU.<class>`. A session's
+    last line cut short (the session was killed while logging) is left out; a broken line
+    before it is a SegkitError naming the file.
     """
     rows = []
     for path in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if number < len(lines):
+                    raise SegkitError(f"{path}: line {number} is not JSON") from None
     if not rows:
         return pd.DataFrame(columns=["step"])
     df = pd.DataFrame(rows)
@@ -63,6 +95,28 @@ def read_scalars(work_dir: str | os.PathLike) -> pd.DataFrame:
 
 def _iteration(path: Path) -> int:
     return int(path.stem.rsplit("_", 1)[-1])
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why a checkpoint file cannot be loaded (missing, empty, cut short), or None. torch
+    saves a zip archive whose index sits at its end, so a truncated file fails to open; a
+    file in the legacy (pickle) format is left to torch."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (OSError, zipfile.BadZipFile):
+            return "it is cut short: its zip index is missing"
+    return None
 
 
 class Run:
@@ -117,6 +171,12 @@ class Run:
     def config_path(self) -> Path:
         return self.path / "config.py"
 
+    @property
+    def full_data(self) -> bool:
+        """Trained on every training image (fold=all): no out-of-fold prediction, and no
+        validation file unless it was given a holdout_file."""
+        return self.parameters.get("fold") == "all" and not self.parameters.get("train_file")
+
     # --- checkpoints ----------------------------------------------------------------------
 
     @property
@@ -131,7 +191,7 @@ class Run:
             # mmengine writes an absolute path; the run folder may have moved since, so the
             # name is looked up in the folder itself
             path = self.path / Path(marker.read_text().strip()).name
-            if path.exists():
+            if path.is_file():  # an empty marker (a write cut short) names the folder itself
                 return path
         found = self.checkpoints()
         return found[max(found)] if found else None
@@ -161,6 +221,12 @@ class Run:
         text = str(which)
         if text in ("best", "last"):
             path = self.best_checkpoint if text == "best" else None
+            if text == "best" and path is None:
+                self._refuse_lost_best()
+                path = self.last_checkpoint
+                if path is not None:
+                    warnings.warn(f"{self.path}: no best checkpoint (the run never validated): "
+                                  f"using the last, {path.name}", stacklevel=2)
             path = path or self.last_checkpoint
         elif text.removeprefix("iter_").isdigit():
             path = self.checkpoints().get(int(text.removeprefix("iter_")))
@@ -170,6 +236,37 @@ class Run:
         if path is None:
             raise SegkitError(f"{self.path}: no checkpoint {text!r} in the run folder "
                               f"(iterations there: {sorted(self.checkpoints()) or 'none'})")
+        return path
+
+    def _refuse_lost_best(self) -> None:
+        """A SegkitError when the run kept a best checkpoint that is gone (it validated, so
+        mmengine saved one): `best` must not quietly mean another checkpoint."""
+        recorded = str(self.recorded_summary().get("best_checkpoint") or "")
+        name = Path(recorded).name if recorded not in ("", "None") else ""
+        if not name:
+            scalars = self.scalars()
+            if "mIoU" not in scalars or not np.isfinite(scalars["mIoU"].astype(float)).any():
+                return  # never validated: there never was a best
+            name = "best_mIoU_iter_*.pth"
+        raise SegkitError(f"{self.path}: its best checkpoint {name} is gone (deleted?); "
+                          f"pick another one ({self._alternatives()}) or retrain")
+
+    def _alternatives(self, but: Path | None = None) -> str:
+        """The checkpoints one could pick instead, for a message."""
+        iters = [str(k) for k, p in self.checkpoints().items() if p != but]
+        last = self.last_checkpoint
+        names = (["last"] if last is not None and last != but else []) + iters
+        return "checkpoint: " + (", ".join(names) if names else "none left in the run folder")
+
+    def check_checkpoint(self, path: str | os.PathLike) -> Path:
+        """`path` when it reads back; a SegkitError naming it (cut short, empty) and the
+        other checkpoints of the run when it does not."""
+        path = Path(path)
+        problem = checkpoint_problem(path)
+        if problem:
+            raise SegkitError(f"{path}: the checkpoint does not read back ({problem}: a write "
+                              f"cut short?); retrain, or pick another one "
+                              f"({self._alternatives(but=path)})")
         return path
 
     # --- results --------------------------------------------------------------------------
@@ -183,6 +280,13 @@ class Run:
             return json.loads((self.path / "summary.json").read_text())
         except (OSError, ValueError):
             return {}
+
+    @property
+    def trained(self) -> dict:
+        """What the run's config really trained (summary.json's `trained`: iters or epochs,
+        image_size, crop_size, batch_size, optimizer, lr, schedule; written by
+        segkit.train.config_modes.trained_settings), {} for runs recorded before it was."""
+        return self.recorded_summary().get("trained") or {}
 
     def summary(self, seconds: float | None = None) -> RunResult:
         """Best validation mIoU and per-class IoU (of the best checkpoint's validation); the
@@ -207,22 +311,160 @@ class Run:
     def data_root(self) -> Path:
         from segkit.data.sample import resolve_data_root
 
+        recorded = self.recorded_data()
+        if recorded and recorded.get("data_root") and Path(recorded["data_root"]).is_dir():
+            return Path(recorded["data_root"])
         return resolve_data_root(self.parameters.get("data_root") or "")
 
-    def fold_files(self) -> tuple[Path, Path]:
-        """(train, val) COCO files the run was trained and validated on."""
+    def recorded_data(self) -> dict | None:
+        """data.json (module docstring), or None for a run made before it was recorded."""
+        path = self.path / DATA_FILE
+        if not path.exists():
+            return None
+        recorded = read_json_file(path, f"{path}: no data record")
+        if not isinstance(recorded, dict) or not all(
+                isinstance(recorded.get(k), dict) and "sha256" in recorded[k]
+                for k in ("train", "val") if k == "train" or recorded.get("val") is not None):
+            raise SegkitError(f"{path}: not a data record (expected train and val entries with "
+                              "path and sha256)")
+        return recorded
+
+    def _params_fold_files(self) -> tuple[Path, Path]:
+        """(train, val) as params.json names them (the resolution of runs without data.json)."""
         from segkit.folds.files import fold_files
 
         params = self.parameters
         if params.get("train_file") and params.get("val_file"):
             return (resolve_output_path(params["train_file"]),
                     resolve_output_path(params["val_file"]))
+        if self.full_data:  # (its first training file, its holdout file or None)
+            from segkit.folds.full_data import full_data_sources
+
+            files, holdout = full_data_sources(params.get("data_root") or "",
+                                               params.get("splits_dir") or "",
+                                               params.get("holdout_file") or "")
+            return files[0], holdout
         splits = params.get("splits_dir") or outputs_dir() / "splits"
         return fold_files(resolve_output_path(splits), int(params.get("fold") or 0))
 
+    def _remedy(self, recorded: dict) -> str:
+        """How to get the run's data back: the split command with the run's seed, or retrain."""
+        from segkit.folds.files import split_command
+
+        split = recorded.get("split") or {}
+        command = split_command(split, split["folder"]) if split.get("folder") else None
+        if command:
+            return f"re-split with the run's seed ({command}) or retrain the run"
+        if split.get("folder"):
+            return (f"restore the fold files in {split['folder']} as they were (the run's split "
+                    "seed is not recorded) or retrain the run")
+        return "restore the file as it was or retrain the run"
+
+    def _recorded_file(self, recorded: dict, key: str, what: str,
+                       fallback: Path | None = None) -> Path:
+        """The file data.json records under `key`, found by its content: at its recorded path,
+        else at `fallback` (where params.json points: a run folder moved to another machine);
+        a file there with other content, or none, is a SegkitError saying how to proceed."""
+        entry = recorded[key]
+        candidates = list(dict.fromkeys(p for p in (Path(entry.get("path") or ""), fallback)
+                                        if p is not None and str(p) not in ("", ".")))
+        changed = None
+        for candidate in candidates:
+            if candidate.is_file():
+                digest = file_sha256(candidate)
+                if digest == entry["sha256"]:
+                    return candidate
+                changed = changed or (candidate, digest)
+        if changed:
+            raise SegkitError(
+                f"{self.path}: its {what} file {changed[0]} changed since the run was trained "
+                f"(sha256 {entry['sha256'][:12]} in {DATA_FILE}, now {changed[1][:12]}): "
+                f"{_CHANGED.get(key, 'not what it trained on')}; {self._remedy(recorded)}")
+        raise SegkitError(f"{self.path}: its {what} file {entry.get('path')} (in {DATA_FILE}) "
+                          f"is gone; {self._remedy(recorded)}")
+
+    def fold_files(self) -> tuple[Path, Path]:
+        """(train, val) COCO files the run was trained and validated on: those data.json
+        records (their content checked), else those params.json names."""
+        recorded = self.recorded_data()
+        if recorded is None:
+            return self._params_fold_files()
+        try:
+            fallback = self._params_fold_files()
+        except SegkitError:
+            fallback = (None, None)
+        val = (self._recorded_file(recorded, "val", "validation", fallback[1])
+               if recorded.get("val") is not None else None)  # None: full data, no holdout
+        return self._recorded_file(recorded, "train", "training", fallback[0]), val
+
+    def check_data(self, extra: bool = True) -> dict | None:
+        """data.json with every recorded file checked (the extra train sources too, unless
+        `extra` is False); None for a run without it. A changed file is a SegkitError."""
+        recorded = self.recorded_data()
+        if recorded is not None:
+            self.fold_files()
+            for source in (recorded.get("extra_train") or []) if extra else []:
+                self._recorded_file({**recorded, "extra": source}, "extra", "extra training")
+        return recorded
+
+    def record_data(self, record: dict, continuing: bool = False) -> Path:
+        """Write data.json (`data_record`). `continuing`: the run resumes from a checkpoint,
+        and one whose data.json records other files than `record` is refused (one line
+        naming the file) before anything is written."""
+        recorded = self.recorded_data() if continuing else None
+        if recorded is not None:
+            before = {e["path"]: e["sha256"] for e in _entries(recorded)}
+            now = {e["path"]: e["sha256"] for e in _entries(record)}
+            for path, digest in before.items():
+                if now.get(path) != digest:
+                    state = "is no longer among its files" if path not in now else \
+                        f"changed (sha256 {digest[:12]} in {DATA_FILE}, now {now[path][:12]})"
+                    raise SegkitError(
+                        f"{self.path}: cannot resume: {path} {state} since the run started, so "
+                        f"it would continue on other data; {self._remedy(recorded)}, or train "
+                        "into another run_name")
+        write_text_atomic(self.path / DATA_FILE, json.dumps(record, indent=1))
+        return self.path / DATA_FILE
+
     def data(self) -> tuple[Path, Path]:
-        """(data root, validation COCO file) the run was trained with."""
+        """(data root, validation COCO file) the run was trained with (see `fold_files`)."""
         return self.data_root, self.fold_files()[1]
+
+
+def _entries(record: dict) -> list[dict]:
+    return [record["train"]] + ([record["val"]] if record.get("val") else []) + \
+        list(record.get("extra_train") or [])
+
+
+def data_record(data_root: str | os.PathLike, train_file: str | os.PathLike,
+                val_file: str | os.PathLike, extra_train=(),
+                split_dir: str | os.PathLike | None = None, fold: int | None = None) -> dict:
+    """What a run's data.json records (module docstring): the data root, the train and val
+    files and each extra train source as (COCO file, its image folder) pairs, resolved, with
+    their sha256; for a fold, the split folder, the fold and what its split.json says (when
+    that split.json belongs to these very files)."""
+    from segkit.folds.files import read_split_info
+
+    def entry(path, root=None) -> dict:
+        path = Path(path).resolve()
+        try:
+            found = {"path": str(path), "sha256": file_sha256(path)}
+        except OSError as exc:
+            raise SegkitError(f"{path}: cannot read it to record the run's data "
+                              f"({exc.strerror or exc})") from None
+        return found if root is None else {**found, "data_root": str(Path(root).resolve())}
+
+    record = {"data_root": str(Path(data_root).resolve()), "train": entry(train_file),
+              "val": entry(val_file) if val_file is not None else None,
+              "extra_train": [entry(path, root) for path, root in extra_train], "split": None}
+    if split_dir is not None:
+        info = read_split_info(split_dir) or {}
+        files = info.get("files") or {}
+        own = all(files.get(Path(record[k]["path"]).name) == record[k]["sha256"]
+                  for k in ("train", "val") if record[k] is not None)
+        record["split"] = {"folder": str(Path(split_dir).resolve()), "fold": fold,
+                           **({k: info.get(k) for k in _SPLIT_KEYS} if own and files else {})}
+    return record
 
 
 def find_runs(runs_root: str | os.PathLike | None = None, fold: int | None = None,
@@ -245,7 +487,8 @@ def find_runs(runs_root: str | os.PathLike | None = None, fold: int | None = Non
         run = Run(folder)
         try:
             run.checkpoint(checkpoint)
-            if wanted is None or run.data()[1].resolve() == wanted:
+            val = run.data()[1]  # None: a full-data run without a holdout
+            if wanted is None or (val is not None and val.resolve() == wanted):
                 found.append(run)
         except SegkitError:
             continue
@@ -259,8 +502,11 @@ def common_validation(runs: Sequence[str | os.PathLike | Run]) -> tuple[Path, Pa
         raise ParameterError("no run folders given")
     opened = [Run.open(r) for r in runs]
     root, val = opened[0].data()
-    for run in opened[1:]:
+    for run in opened:
         other = run.data()[1]
+        if other is None:
+            raise SegkitError(f"{run.path}: a full-data run (fold=all) without a holdout_file "
+                              "has no validation file to compare runs on")
         if other.resolve() != val.resolve():
             raise SegkitError(f"{run.path}: validated on {other}, but {opened[0].path} on "
                               f"{val}; ensembles compare runs of the same fold")

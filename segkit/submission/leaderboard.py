@@ -15,15 +15,17 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 from segkit.core.errors import ParameterError, SegkitError
-from segkit.core.paths import outputs_dir, write_text_atomic
+from segkit.core.paths import make_folder, output_error, outputs_dir, write_text_atomic
 from segkit.submission.codec import HEADER
 
 
@@ -68,32 +70,55 @@ def record_score(submission: str | os.PathLike, score, note: str = "") -> dict:
              "submission": str(path), "sha256": sha256(path), "score": _check_score(score),
              "note": str(note)}
     target = leaderboard_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "a", encoding="utf-8") as f:  # one write of one line: O_APPEND
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    make_folder(target.parent)
+    line = (json.dumps(entry) + "\n").encode("utf-8")
+    try:
+        with open(target, "a+b") as f:  # one write of one line: O_APPEND
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # against another `lb` repairing the file
+            try:
+                _repair_last_line(f, target)
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError as exc:
+        raise output_error(target, exc) from None
     return entry
 
 
-def write_local_score(submission: str | os.PathLike, score: float, kind: str) -> Path:
-    """`<submission>.score.json`: the local score of these very bytes (kind: e.g. "OOF mIoU",
-    "validation mIoU (fold 0)")."""
-    path = _check_submission(submission)
-    out = path.with_name(path.name + ".score.json")
-    write_text_atomic(out, json.dumps({"sha256": sha256(path), "score": float(score),
-                                       "kind": kind}, indent=1))
-    return out
+def _repair_last_line(f, path: Path) -> None:
+    """Before an append (`f` open for appending, locked): a last line without its line break
+    (a writer killed mid-line) would glue the new entry onto it. A whole entry gets its line
+    break; a cut one is dropped, with a warning naming it. An unreadable line before the last
+    is refused (a SegkitError naming the line), so the append never leaves a file that
+    `read_scores` cannot read."""
+    f.seek(0)
+    data = f.read()
+    if not data:
+        return
+    cut = b"" if data.endswith(b"\n") else data[data.rfind(b"\n") + 1:]
+    whole = data[: len(data) - len(cut)]
+    _check_lines(whole.decode("utf-8", "replace"), path)
+    if not cut:
+        return
+    number = whole.count(b"\n") + 1
+    try:
+        _check_lines(cut.decode("utf-8"), path, first=number)
+    except (SegkitError, UnicodeDecodeError):
+        warnings.warn(f"{path}: dropped its last line (line {number}, cut short: "
+                      f"{cut[:60].decode('utf-8', 'replace')!r}...), left by a write that was "
+                      "cut off", stacklevel=3)
+        f.truncate(len(whole))
+    else:
+        f.write(b"\n")  # a whole entry that only lacked its line break
 
 
-def read_scores(path: str | os.PathLike | None = None) -> list[dict]:
-    """The leaderboard file's entries, in order; a line that does not read is an error naming
+def _check_lines(text: str, path: Path, first: int = 1) -> list[dict]:
+    """The entries of leaderboard lines; a line that does not read is a SegkitError naming
     the file and the line."""
-    path = Path(path) if path else leaderboard_file()
-    if not path.exists():
-        return []
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), first):
         if not line.strip():
             continue
         try:
@@ -104,6 +129,27 @@ def read_scores(path: str | os.PathLike | None = None) -> list[dict]:
             raise SegkitError(f"{path}: line {number} is not a leaderboard entry") from None
         entries.append(entry)
     return entries
+
+
+def write_local_score(submission: str | os.PathLike, score: float, kind: str,
+                      decisions: str | os.PathLike | None = None) -> Path:
+    """`<submission>.score.json`: the local score of these very bytes (kind: e.g. "OOF mIoU",
+    "validation mIoU (fold 0)"), and the decisions.json applied to them, if any."""
+    path = _check_submission(submission)
+    out = path.with_name(path.name + ".score.json")
+    named = {"decisions": str(decisions)} if decisions else {}
+    write_text_atomic(out, json.dumps({"sha256": sha256(path), "score": float(score),
+                                       "kind": kind, **named}, indent=1))
+    return out
+
+
+def read_scores(path: str | os.PathLike | None = None) -> list[dict]:
+    """The leaderboard file's entries, in order; a line that does not read is an error naming
+    the file and the line."""
+    path = Path(path) if path else leaderboard_file()
+    if not path.exists():
+        return []
+    return _check_lines(path.read_text(encoding="utf-8"), path)
 
 
 def _local(entry: dict) -> tuple[float, str]:

@@ -40,6 +40,7 @@ from segkit.train.compat import (
 from segkit.train.config_modes import (
     WHOLE_MODE_PARAMETERS,
     apply_cfg_options,
+    trained_settings,
     warn_ignored,
     whole_config,
 )
@@ -67,6 +68,7 @@ from segkit.train.hooks import (
     RNGStateHook,
     SafeCheckpointHook,
     SegValVisualizationHook,
+    TrialPruningHook,
 )
 from segkit.train.losses import (
     LovaszSoftmaxLoss,
@@ -100,9 +102,11 @@ from segkit.train.runner import (
     SegkitRunner,
 )
 from segkit.train.sources import (
+    check_image_sizes,
     check_training_data,
     data_list,
     dataset_sources,
+    resize_limits,
     resolve_source,
 )
 from segkit.train.tracking import (
@@ -143,6 +147,7 @@ __all__ = [
     "MixSegDataPreProcessor",
     "WHOLE_MODE_PARAMETERS",
     "apply_cfg_options",
+    "trained_settings",
     "warn_ignored",
     "whole_config",
     "FORMAT",
@@ -162,6 +167,7 @@ __all__ = [
     "SegValVisualizationHook",
     "SafeCheckpointHook",
     "ChannelsLastHook",
+    "TrialPruningHook",
     "SoftmaxFocalLoss",
     "MaskedDiceLoss",
     "LovaszSoftmaxLoss",
@@ -187,6 +193,8 @@ __all__ = [
     "data_list",
     "check_training_data",
     "dataset_sources",
+    "check_image_sizes",
+    "resize_limits",
     "wandb_online",
     "vis_backends",
     "visualization_hook",

@@ -14,6 +14,7 @@ import functools
 import importlib.machinery
 import importlib.util
 import io
+import logging
 import sys
 import types
 from contextlib import contextmanager
@@ -42,6 +43,82 @@ def _missing_op(name: str):
             "--no-build-isolation --no-cache-dir --force-reinstall --no-deps onedl-mmcv==2.3.6")
     fail.__name__ = name
     return fail
+
+
+def _repair_mask_heads() -> list[str]:
+    """mmseg's Mask2Former and MaskFormer heads, rebound to mmdet's when mmseg was imported
+    before the stand-in (a notebook or script that imports mmseg first): their modules then
+    caught the failed mmdet import and keep a placeholder base class that raises "Please
+    install onedl-mmdetection" although it is installed. Each such module is imported again
+    (its registry entry replaced). Returns the heads repaired."""
+    import importlib
+
+    from mmengine.model import BaseModule
+
+    repaired = []
+    for module_name, base, head in (("mask2former_head", "MMDET_Mask2FormerHead",
+                                     "Mask2FormerHead"),
+                                    ("maskformer_head", "MMDET_MaskFormerHead", "MaskFormerHead")):
+        module = sys.modules.get(f"mmseg.models.decode_heads.{module_name}")
+        if module is None or getattr(module, base, None) is not BaseModule:
+            continue
+        from mmseg.registry import MODELS
+
+        MODELS.module_dict.pop(head, None)
+        try:
+            importlib.reload(module)
+        except ImportError:  # mmdet really is unusable: leave mmseg's own message
+            continue
+        for package in ("mmseg.models.decode_heads", "mmseg.models"):
+            if hasattr(sys.modules.get(package), head):
+                setattr(sys.modules[package], head, getattr(module, head))
+        repaired.append(head)
+    if repaired:
+        _rebind_mmcv_op_placeholders()
+    return repaired
+
+
+def _rebind_mmcv_op_placeholders() -> int:
+    """The other half of that repair: mmdet's and mmseg's modules imported before the
+    stand-in defined placeholders for the mmcv ops they could not import (a
+    MultiScaleDeformableAttention that raises in __init__, a point_sample, ...); each is
+    rebound to mmcv.ops' own (pure PyTorch where the op has a CPU path). Returns how many."""
+    import mmcv.ops
+
+    real = {name: getattr(mmcv.ops, name) for name in getattr(mmcv.ops, "__all__", ())
+            if hasattr(mmcv.ops, name)}
+    count = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("mmdet.", "mmseg.")):
+            continue
+        for attr, value in list(vars(module).items()):
+            if attr in real and value is not real[attr] and \
+                    getattr(value, "__module__", None) == name:
+                setattr(module, attr, real[attr])
+                count += 1
+    return count
+
+
+class _DropLineNMSNote(logging.Filter):
+    """mmdet's CLRNet lane head logs "Line NMS is not compiled ... This model cannot work
+    without CUDA" on import whenever mmcv lacks that CUDA op: a lane-detection head that no
+    segmentation model uses, so the warning is noise in every notebook that loads a model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Line NMS is not compiled" not in record.getMessage()
+
+
+@contextmanager
+def _without_line_nms_note():
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    note = _DropLineNMSNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 def mmcv_has_compiled_ops() -> bool:
@@ -189,6 +266,40 @@ def quiet_model_loading():
                                  if not line.startswith("Loads checkpoint by")))
 
 
+# 5. `_base_ = ['mmseg::...']` with the fork installed ------------------------------------------
+# mmengine finds a scope's configs through the pip distribution it expects (`mmseg` ->
+# "mmsegmentation", `mmdet` -> "mmdetection"); the fork's distributions are named
+# onedl-mmsegmentation and onedl-mmdetection, so a user's config inheriting `mmseg::...` failed
+# with "mmsegmentation is not installed". A scope whose expected distribution is absent but
+# whose module imports is resolved through the module itself (its folder holds the same
+# `.mim/configs`), as mmengine does for packages without distribution metadata.
+
+def resolve_config_scopes() -> dict[str, str]:
+    """Point mmengine's scope table at importable modules where the distribution it names is
+    not installed; returns {scope: what it was changed to}. Idempotent."""
+    import importlib.metadata as md
+
+    from mmengine.config import utils as config_utils
+
+    changed = {}
+    for scope, dist in list(config_utils.MODULE2PACKAGE.items()):
+        if dist == scope:
+            continue
+        try:
+            md.version(dist)
+            continue
+        except md.PackageNotFoundError:
+            pass
+        try:
+            spec = importlib.util.find_spec(scope)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin is not None:
+            config_utils.MODULE2PACKAGE[scope] = scope
+            changed[scope] = scope
+    return changed
+
+
 def _allow_cpu_torchrun() -> None:
     """mmengine's `pytorch` launcher calls torch.cuda.set_device unconditionally, which fails
     on a machine without CUDA; there the processes train on the CPU over gloo and need no
@@ -209,20 +320,54 @@ def _allow_cpu_torchrun() -> None:
     dist_utils._init_dist_pytorch = init
 
 
+def _explain_failed_downloads() -> None:
+    """Weights by URL (weights=zoo, a config's backbone checkpoint) are downloaded by mmengine
+    when the model is built; without network access that is a URLError traceback from deep in
+    the runner. Its http(s) loader is wrapped: a failed download is one SegkitError naming the
+    URL and how to train without the network (the file, downloaded elsewhere, as load_from)."""
+    from mmengine.runner import checkpoint as ckpt_module
+
+    loaders = ckpt_module.CheckpointLoader._schemes
+    original = loaders.get("https://")
+    if original is None or getattr(original, "segkit_wrapped", False):
+        return
+
+    def load_from_http(filename, *args, **kwargs):
+        try:
+            return original(filename, *args, **kwargs)
+        except OSError as exc:  # URLError, HTTPError, timeouts, refused connections
+            from segkit.core.errors import SegkitError
+
+            reason = getattr(exc, "reason", None) or exc.strerror or exc
+            raise SegkitError(
+                f"could not download {filename} ({reason}): download it where there is "
+                "network access and pass the file as load_from=PATH (backbone weights: "
+                "cfg_options={'model.backbone.init_cfg.checkpoint': PATH}), or train with "
+                "weights=none") from None
+
+    load_from_http.segkit_wrapped = True
+    ckpt_module.CheckpointLoader.register_scheme(("http://", "https://"), load_from_http,
+                                                 force=True)
+
+
 def apply() -> None:
     """Apply every workaround once (idempotent)."""
     global _applied
     if _applied:
         return
     install_mmcv_ext_stand_in()
-    with _without_import_notes():
+    with _without_import_notes(), _without_line_nms_note():
         import mmseg.datasets  # noqa: F401
         import mmseg.models  # noqa: F401  (registers mmseg's modules)
 
+        _repair_mask_heads()  # mmseg imported before segkit: its heads missed mmdet
+
     _register_bf16_wrapper()
     _allow_cpu_torchrun()
+    _explain_failed_downloads()
+    resolve_config_scopes()
     try:
-        with _without_import_notes():
+        with _without_import_notes(), _without_line_nms_note():
             _patch_mask2former_slide()
             import mmdet.datasets  # noqa: F401  (imported by Mask2Former's configs)
     except ImportError:  # mmdet unavailable: Mask2Former cannot be built anyway

@@ -137,3 +137,71 @@ def whole_config(p: dict, config_file: Path, train_sources: list, val_sources: l
     cfg["work_dir"] = str(work_dir)
     cfg["launcher"] = launcher
     return cfg
+
+
+def _pipeline_value(pipeline, types: tuple[str, ...], key: str):
+    for step in pipeline or []:
+        if isinstance(step, dict) and step.get("type") in types and step.get(key) is not None:
+            return step[key]
+    return None
+
+
+def _inner_dataset(node: dict) -> dict:
+    while isinstance(node, dict) and ("dataset" in node or "datasets" in node):
+        node = node["dataset"] if "dataset" in node else (node["datasets"] or [{}])[0]
+    return node if isinstance(node, dict) else {}
+
+
+def _plain(value):
+    """Tuples as lists, so the record reads the same from JSON."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def trained_settings(cfg: dict) -> dict:
+    """What a training config really trains, read from the config itself (not segkit's
+    parameters, which whole mode ignores): iterations (or epochs), image scale and crop of the
+    training pipeline, batch size, optimizer and lr, and the lr schedule. summary.json records
+    it (`trained`), 08's table shows it.
+
+    Example:
+        >>> trained_settings({"train_cfg": {"type": "IterBasedTrainLoop", "max_iters": 2},
+        ...     "train_dataloader": {"batch_size": 2, "dataset": {"pipeline": [
+        ...         {"type": "RandomCrop", "crop_size": (512, 512)}]}},
+        ...     "optim_wrapper": {"optimizer": {"type": "AdamW", "lr": 6e-05}},
+        ...     "param_scheduler": [{"type": "PolyLR", "begin": 0, "end": 2}]})
+        {'iters': 2, 'crop_size': [512, 512], 'batch_size': 2, 'optimizer': 'AdamW', 'lr': 6e-05, 'schedule': 'PolyLR 0-2'}
+    """
+    out: dict = {}
+    loop = cfg.get("train_cfg") or {}
+    if loop.get("max_iters") is not None:
+        out["iters"] = int(loop["max_iters"])
+    elif loop.get("max_epochs") is not None:
+        out["epochs"] = int(loop["max_epochs"])
+    loader = cfg.get("train_dataloader") or {}
+    pipeline = _inner_dataset(loader.get("dataset") or {}).get("pipeline")
+    scale = _pipeline_value(pipeline, ("Resize", "RandomResize", "FastResize"), "scale")
+    if scale is not None:
+        out["image_size"] = _plain(scale)
+    crop = _pipeline_value(pipeline, ("RandomCrop", "FastRandomCrop"), "crop_size")
+    if crop is None:
+        crop = ((cfg.get("model") or {}).get("data_preprocessor") or {}).get("size")
+    if crop is not None:
+        out["crop_size"] = _plain(crop)
+    if loader.get("batch_size") is not None:
+        out["batch_size"] = int(loader["batch_size"])
+    optimizer = (cfg.get("optim_wrapper") or {}).get("optimizer") or {}
+    if optimizer.get("type"):
+        out["optimizer"] = str(optimizer["type"])
+    if optimizer.get("lr") is not None:
+        out["lr"] = float(optimizer["lr"])
+    schedulers = cfg.get("param_scheduler") or []
+    schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers
+    parts = []
+    for s in schedulers:
+        span = f" {s.get('begin', 0)}-{s['end']}" if s.get("end") is not None else ""
+        parts.append(f"{s.get('type', '?')}{span}")
+    if parts:
+        out["schedule"] = " + ".join(parts)
+    return out

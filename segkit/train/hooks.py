@@ -1,6 +1,6 @@
 """Hooks segkit registers with mmengine: the RNG state saved with each checkpoint, validation
 pictures for TensorBoard and W&B, checkpoints replaced only after the new one is written,
-channels-last memory format.
+channels-last memory format, validation mIoU reported to a search trial (pruning).
 """
 
 from __future__ import annotations
@@ -64,6 +64,27 @@ class RNGStateHook(Hook):
         if self._saved:
             np.random.set_state(self._saved["numpy"])
             random.setstate(self._saved["python"])
+            self._validate_resumed(runner)
+
+    @staticmethod
+    def _validate_resumed(runner):
+        """The checkpoint of a validation iteration is written before that validation runs,
+        and a resumed loop starts after it: a run killed during the validation (or between
+        dropping the old best checkpoint and writing the new one) would go on without it.
+        Validate it again first (the same weights: the same scores), so the resumed run
+        logs, and keeps as best, what an uninterrupted run does. Generators are left as
+        they were (`after_val_epoch`)."""
+        from mmengine.runner import IterBasedTrainLoop
+
+        loop = runner.train_loop
+        if not isinstance(loop, IterBasedTrainLoop):
+            return
+        done = loop.iter
+        if done and runner.val_loop is not None and done >= loop.val_begin and \
+                (done % loop.val_interval == 0 or done == loop.max_iters):
+            runner.logger.info(f"resume: validating iteration {done} again (its checkpoint "
+                               "precedes its validation)")
+            runner.val_loop.run()
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         if self._saved:
@@ -127,3 +148,65 @@ class ChannelsLastHook(Hook):
 
     def before_run(self, runner) -> None:
         runner.model.to(memory_format=torch.channels_last)
+
+
+@HOOKS.register_module()
+class TrialPruningHook(Hook):
+    """Reports each validation's mIoU to an Optuna trial (segkit.search, linked through
+    SEGKIT_TRIAL: segkit.core.trials) at the training iteration (plus the trial's step
+    offset), and when the study's pruner prunes the trial, stops training cleanly after that
+    validation: the loop ends, the run folder keeps its checkpoints and summary, and
+    `pruned.json` in it says at which step and value. Writes `trial_process.json` (host, pid)
+    first, so a search that resumes the trial after a kill can stop a training left running."""
+
+    priority = "LOW"  # after the checkpoint hook has kept the best checkpoint
+
+    def __init__(self, storage: str, study: str, trial: int, step_offset: int = 0,
+                 pruner: dict | None = None, metric: str = "mIoU"):
+        self.link = dict(storage=storage, study=study, trial=int(trial),
+                         step_offset=int(step_offset), pruner=pruner or {"type": "none"})
+        self.number, self.step_offset, self.metric = int(trial), int(step_offset), metric
+        self._trial = None
+
+    def _open(self):
+        if self._trial is None:
+            from segkit.core.trials import open_trial
+
+            self._trial = open_trial(self.link)
+        return self._trial
+
+    def before_run(self, runner) -> None:
+        if is_main_process():
+            import json
+
+            from segkit.core.paths import write_text_atomic
+            from segkit.core.trials import process_identity
+
+            write_text_atomic(os.path.join(runner.work_dir, "trial_process.json"),
+                              json.dumps({**process_identity(), "trial": self.number}))
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        from mmengine.dist import broadcast_object_list, get_world_size
+
+        decision = [None]
+        if is_main_process() and metrics and self.metric in metrics:
+            import json
+            import warnings
+
+            value, step = float(metrics[self.metric]), self.step_offset + runner.iter
+            trial = self._open()
+            with warnings.catch_warnings():  # a resumed trial reports its last step again
+                warnings.simplefilter("ignore")
+                trial.report(value, step)
+            if trial.should_prune():
+                from segkit.core.paths import write_text_atomic
+
+                write_text_atomic(os.path.join(runner.work_dir, "pruned.json"),
+                                  json.dumps({"step": step, "value": value}))
+                decision = [step]
+        if get_world_size() > 1:
+            broadcast_object_list(decision)
+        if decision[0] is not None:
+            runner.logger.info(f"trial {self.number} pruned at step {decision[0]}: "
+                               "training stops here")
+            runner.train_loop.stop_training = True

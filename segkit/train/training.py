@@ -31,7 +31,14 @@ import numpy as np
 from segkit.coco.files import load_coco
 from segkit.core.classes import ClassTable
 from segkit.core.errors import ParameterError
-from segkit.core.paths import PROJECT_ROOT, outputs_dir, resolve_output_path, write_text_atomic
+from segkit.core.paths import (
+    PROJECT_ROOT,
+    make_folder,
+    outputs_dir,
+    resolve_output_path,
+    write_text_atomic,
+)
+from segkit.core.trials import trial_link
 from segkit.data.sample import resolve_data_root
 from segkit.folds.split import fold_folder
 from segkit.recipe.augment import batch_augments, pipelines
@@ -40,10 +47,16 @@ from segkit.recipe.parameters import TRAINING_PARAMETERS, check_training_paramet
 from segkit.recipe.schedules import schedulers
 from segkit.results.runs import Run, RunResult
 from segkit.train import compat
-from segkit.train.config_modes import apply_cfg_options
+from segkit.train.config_modes import apply_cfg_options, trained_settings
 from segkit.train.losses import balanced_class_weights
 from segkit.train.models import model_config
-from segkit.train.sources import check_training_data, data_list, dataset_sources
+from segkit.train.sources import (
+    check_training_data,
+    data_list,
+    dataset_sources,
+    resize_limits,
+    resolve_source,
+)
 from segkit.train.tracking import vis_backends, visualization_hook
 
 # ---------------------------------------------------------------------------------------------
@@ -51,15 +64,43 @@ from segkit.train.tracking import vis_backends, visualization_hook
 # ---------------------------------------------------------------------------------------------
 
 
-def training_files(p: dict) -> tuple[Path, Path, Path]:
-    """(data root, train COCO file, val COCO file) of checked parameters."""
+def training_files(p: dict) -> tuple[Path, Path, Path | None]:
+    """(data root, train COCO file, val COCO file) of checked parameters; a full-data run
+    (fold=all): its first training file and its holdout file, None without one
+    (`full_data_sources`)."""
     from segkit.folds.files import fold_files
 
     root = resolve_data_root(p["data_root"])
     if p["train_file"]:
         return root, resolve_output_path(p["train_file"]), resolve_output_path(p["val_file"])
+    if p["fold"] == "all":
+        files, holdout = full_data_sources(p)
+        return root, files[0], holdout
     train, val = fold_files(fold_folder(p["data_root"], p["splits_dir"]), p["fold"])
     return root, train, val
+
+
+def full_data_sources(p: dict) -> tuple[list[Path], Path | None]:
+    """(training COCO files, holdout file or None) of a full-data run (fold=all): every
+    training image (segkit.folds.full_data: train_all.json, else the folds' union), the
+    holdout's images left out (`holdout_file`: relative to the data root or outputs/)."""
+    from segkit.folds.full_data import full_data_sources as sources
+
+    return sources(p["data_root"], p["splits_dir"], p["holdout_file"])
+
+
+def full_data_iterations(p: dict):
+    """A full-data run's iterations from `iters_from` (segkit.recipe.final.final_iterations
+    over the images it trains on), or None without iters_from."""
+    if not p["iters_from"] or p["fold"] != "all":
+        return None
+    from segkit.folds.full_data import images_without
+    from segkit.recipe.final import final_iterations
+
+    files, holdout = full_data_sources(p)
+    held = {img["file_name"] for img in load_coco(holdout).images} if holdout else set()
+    n_all = sum(len(images_without(load_coco(f).images, held)) for f in files)
+    return final_iterations(p["iters_from"], n_all)
 
 
 def _pipelines(image_size: int, crop_size: int, augment) -> tuple[list, list]:
@@ -67,9 +108,15 @@ def _pipelines(image_size: int, crop_size: int, augment) -> tuple[list, list]:
     return pipelines(image_size, crop_size, augment)
 
 
-def _sources(p: dict, root: Path, train_file: Path, val_file: Path) -> tuple[list, list]:
-    train = [dict(ann_file=str(train_file), data_root=str(root))] + \
-        [s if isinstance(s, dict) else str(s) for s in p["extra_train_files"]]
+def _sources(p: dict, root: Path, train_file: Path, val_file: Path | None
+             ) -> tuple[list, list]:
+    extra = [s if isinstance(s, dict) else str(s) for s in p["extra_train_files"]]
+    if p["fold"] == "all" and not p["train_file"]:  # every image, the holdout's left out
+        files, holdout = full_data_sources(p)
+        held = {"exclude": str(holdout)} if holdout else {}
+        return [dict(ann_file=str(f), data_root=str(root), **held) for f in files] + extra, \
+            [dict(ann_file=str(holdout), data_root=str(root))] if holdout else []
+    train = [dict(ann_file=str(train_file), data_root=str(root))] + extra
     return train, [dict(ann_file=str(val_file), data_root=str(root))]
 
 
@@ -80,19 +127,22 @@ def _data_part(p: dict, root: Path, train_file: Path, val_file: Path,
     subset = 8 if p["debug"] else None
     sources, val_sources = _sources(p, root, train_file, val_file)
     workers = dict(num_workers=p["num_workers"], persistent_workers=p["num_workers"] > 0)
+    # no validation (a full-data run without a holdout): the test loader, which inference reads
+    # for the validation scale and mmseg's tools for test data, goes over the training images
     val_loader = dict(
         batch_size=1, **workers, sampler=dict(type="DefaultSampler", shuffle=False),
         dataset=dict(type="CocoSegDataset", metainfo=metainfo, pipeline=val_pipeline,
-                     sources=val_sources, subset_size=subset, test_mode=True))
+                     sources=val_sources or sources, subset_size=subset, test_mode=True))
     evaluator = dict(type="SegkitIoUMetric", iou_metrics=["mIoU"])
+    validate = bool(val_sources)
     return dict(
         train_dataloader=dict(
             batch_size=p["batch_size"], **workers,
             sampler=dict(type="InfiniteSampler", shuffle=True),
             dataset=dict(type="CocoSegDataset", sources=sources, metainfo=metainfo,
                          pipeline=train_pipeline, subset_size=subset)),
-        val_dataloader=val_loader,
-        val_evaluator=evaluator,
+        val_dataloader=val_loader if validate else None,
+        val_evaluator=evaluator if validate else None,
         # mmseg's tools/test.py and inference API read these (the validation data)
         test_dataloader=copy.deepcopy(val_loader), test_evaluator=dict(evaluator),
         test_cfg=dict(type="TestLoop"), test_pipeline=val_pipeline,
@@ -148,6 +198,9 @@ def _optim_part(p: dict, iters: int, cuda: bool) -> dict:
 
 def _runtime_part(p: dict, iters: int, val_interval: int, work_dir: Path, cuda: bool) -> dict:
     custom_hooks = [dict(type="RNGStateHook")]
+    link = trial_link()  # a search trial this run reports to (segkit.search, SEGKIT_TRIAL)
+    if link:
+        custom_hooks.append(dict(type="TrialPruningHook", **link))
     if p["averaging"] == "ema":
         custom_hooks.append(dict(type="EMAHook", ema_type="ExponentialMovingAverage",
                                  momentum=p["ema_momentum"], update_buffers=True, priority=49))
@@ -211,6 +264,9 @@ def build_config(**params) -> dict:
     work_dir = resolve_output_path(p["work_dir"]) if p["work_dir"] else \
         outputs_dir() / "runs" / (p["run_name"] or default_run_name(p))
     if p["config_mode"] == "whole":
+        if val_file is None:
+            raise ParameterError("config_mode=whole keeps the config file's validation: a "
+                                 "full-data run (fold=all) needs a holdout_file with it")
         return _whole_config(p, root, train_file, val_file, classes, work_dir, launcher)
     cuda = _device_is_cuda()
     cfg = _data_part(p, root, train_file, val_file, classes)
@@ -220,12 +276,17 @@ def build_config(**params) -> dict:
     elif p["epochs"]:
         images = len(data_list(cfg["train_dataloader"]["dataset"]["sources"], classes))
         iters = p["epochs"] * math.ceil(images / p["batch_size"])
+    elif p["iters_from"]:  # a full-data run as long as its recipe's folds trained best
+        iters = full_data_iterations(p).iters
     val_interval = min(val_interval, iters)
     cfg.update(_model_part(p, train_file, classes, launcher != "none"))
     cfg.update(_optim_part(p, iters, cuda))
     cfg.update(_runtime_part(p, iters, val_interval, work_dir, cuda))
     cfg["launcher"] = launcher
-    val_images = len(load_coco(val_file).images)
+    val_images = len(load_coco(val_file).images) if val_file else 0
+    if val_file is None:  # a full-data run without a holdout: no validation, no best
+        cfg.update(val_cfg=None)
+        cfg["default_hooks"]["checkpoint"]["save_best"] = None
     cfg["default_hooks"]["visualization"] = visualization_hook(
         p["vis_images"], min(val_images, 8) if p["debug"] else val_images)
     _speed_options(cfg, p, classes, cuda)
@@ -255,7 +316,7 @@ def _speed_options(cfg: dict, p: dict, classes: ClassTable, cuda: bool) -> None:
         infos = data_list(train["dataset"]["sources"], classes)
         train["dataset"]["pipeline"] = cached_pipeline(train["dataset"]["pipeline"],
                                                        build_cache(infos, p["image_size"]))
-    for loader in (train, cfg["val_dataloader"]):
+    for loader in (train, cfg["val_dataloader"] or {}):
         loader["pin_memory"] = cuda
     if cfg.get("launcher", "none") != "none" and not cuda:
         # CPU processes over gloo: DDP without device ids (mmengine passes the local rank's)
@@ -301,6 +362,17 @@ def environment_info() -> dict:
                 mmcv_compiled_ops=compat.mmcv_has_compiled_ops())
 
 
+def data_record_of(p: dict) -> dict:
+    """What a run of checked parameters `p` records in data.json (segkit.results.runs)."""
+    from segkit.results.runs import data_record
+
+    root, train_file, val_file = training_files(p)
+    extra = [resolve_source(s if isinstance(s, dict) else str(s))
+             for s in p["extra_train_files"]]
+    split_dir = None if p["train_file"] else fold_folder(p["data_root"], p["splits_dir"])
+    return data_record(root, train_file, val_file, extra, split_dir, p["fold"])
+
+
 def run(**params) -> RunResult:
     """Train a model and return where its checkpoints are and how well it did.
 
@@ -321,14 +393,22 @@ def run(**params) -> RunResult:
             f"{run_dir.path} already holds a run: continue it with resume=True (papermill: "
             "-p resume True; CLI: resume=true), or train into another run_name (papermill: "
             "-p run_name NAME; CLI: run_name=NAME)")
+    val_dataset = (cfg_dict.get("val_dataloader") or {}).get("dataset") or {}
     check_training_data(dataset_sources(cfg_dict["train_dataloader"]["dataset"]),
-                        dataset_sources(cfg_dict["val_dataloader"]["dataset"]))
+                        dataset_sources(val_dataset),
+                        train_resize=resize_limits(cfg_dict["train_dataloader"]["dataset"]),
+                        val_resize=resize_limits(val_dataset))
+    final = full_data_iterations(params)
+    if final is not None:
+        print(final.rule)
     if params["resume"]:
         _resume_from(run_dir, cfg_dict)
     # mmengine keeps visualizers by name for the whole process: a fresh name per run keeps a
     # second run in the same kernel (a notebook, the tests) from writing into the first's.
     cfg_dict["visualizer"]["name"] = f"segkit-{time.time_ns()}"
-    run_dir.path.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir.path)  # a read-only outputs folder: one line naming it
+    # the files it trains and validates on (data.json); resuming on changed files is refused
+    run_dir.record_data(data_record_of(params), continuing=bool(cfg_dict.get("resume")))
     write_text_atomic(run_dir.path / "params.json", json.dumps(params, indent=1, default=str))
     write_text_atomic(run_dir.path / "environment.json",
                       json.dumps(environment_info(), indent=1))
@@ -346,6 +426,7 @@ def run(**params) -> RunResult:
         best_miou=result.best_miou, seconds=result.seconds,
         best_checkpoint=str(result.best_checkpoint), last_checkpoint=str(result.last_checkpoint),
         per_class_iou={k: (None if np.isnan(v) else v) for k, v in result.per_class_iou.items()},
+        trained=trained_settings(cfg_dict),  # what the config trained (whole mode: not params)
     ), indent=1))
     return result
 

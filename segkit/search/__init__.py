@@ -1,0 +1,93 @@
+"""Recipe search: the data's fingerprint and a starting recipe that fits a time budget
+(`segkit plan`), search spaces over training parameters, and Optuna studies whose trials are
+training runs, pruned at every validation and resumable after a kill (`segkit search`). Optuna
+is the `search` extra; planning needs none.
+"""
+
+from segkit.search.fingerprint import (
+    MIN_GROUPS,
+    Fingerprint,
+    GroupSuggestion,
+    fingerprint,
+    group_candidates,
+    suggest_group_by,
+)
+from segkit.search.plan import (
+    CPU,
+    GPU,
+    KERNEL_SECONDS,
+    MARGIN,
+    MAX_EPOCHS,
+    TARGET_EPOCHS,
+    VALIDATIONS,
+    Choice,
+    Plan,
+    Probe,
+    gpus_here,
+    make_plan,
+    parse_budget,
+    probe_run,
+    size_candidates,
+)
+from segkit.search.space import (
+    KINDS,
+    Dimension,
+    label_of,
+    parse_space,
+    searched_names,
+    suggest,
+    values_of,
+)
+from segkit.search.study import (
+    FINISHED,
+    OBJECTIVES,
+    PRUNERS,
+    SAMPLERS,
+    SEARCH_KEYS,
+    Pruned,
+    SearchOptions,
+    SearchStudy,
+    default_storage,
+    parse_search,
+)
+
+__all__ = [
+    "MIN_GROUPS",
+    "GroupSuggestion",
+    "Fingerprint",
+    "group_candidates",
+    "suggest_group_by",
+    "fingerprint",
+    "TARGET_EPOCHS",
+    "MAX_EPOCHS",
+    "MARGIN",
+    "KERNEL_SECONDS",
+    "VALIDATIONS",
+    "CPU",
+    "GPU",
+    "parse_budget",
+    "Choice",
+    "Probe",
+    "Plan",
+    "gpus_here",
+    "size_candidates",
+    "probe_run",
+    "make_plan",
+    "KINDS",
+    "Dimension",
+    "label_of",
+    "parse_space",
+    "searched_names",
+    "suggest",
+    "values_of",
+    "SEARCH_KEYS",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SAMPLERS",
+    "FINISHED",
+    "SearchOptions",
+    "parse_search",
+    "default_storage",
+    "Pruned",
+    "SearchStudy",
+]
