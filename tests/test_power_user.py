@@ -266,29 +266,33 @@ def test_08_report_keeps_another_class_table_apart(trained_run, tmp_path):
 
 # --- a threshold that keeps no pixel -------------------------------------------------------------
 
-def test_a_threshold_that_keeps_nothing_stops_round_2(trained_run, sample_root, tmp_path):
+def test_a_threshold_that_keeps_nothing_stops_round_2(trained_run, tmp_path):
+    from segkit.coco.files import write_coco
     from segkit.flow.round2 import train_round2
-    from segkit.predict.options import PredictOptions
     from segkit.predict.pseudo import check_pseudo_kept, pseudo_labels
-    from segkit.predict.writing import predict_run
+    from segkit.results.predictions import save_probs, write_prediction_meta
 
-    folder = predict_run(trained_run.work_dir, "test", PredictOptions(flips=()),
-                         coco_file=sample_root / "test.json", data_root=sample_root,
-                         out_dir=tmp_path / "test_pred")
-    top = max(float(folder.probs(i["id"]).max()) for i in folder.meta["images"]) / 255
-    assert top < 1.0
-    result = pseudo_labels([folder.path], tmp_path / "pseudo_none", threshold=1.0,
-                           test_json=sample_root / "test.json", data_root=sample_root)
+    images = [{"id": 1, "file_name": "1.jpg", "width": 16, "height": 12}]
+    categories = [{"id": i, "name": n} for i, n in enumerate(TRASH.names) if i]
+    test_json = write_coco({"images": images, "annotations": [], "categories": categories},
+                           tmp_path / "test.json")
+    probs = np.full((11, 12, 16), 5, np.uint8)
+    probs[3] = 205  # every pixel: class 3 at 205/255 = 0.804
+    save_probs(tmp_path / "pred", 1, probs)
+    write_prediction_meta(tmp_path / "pred", images, TRASH.names, (12, 16), "test")
+    result = pseudo_labels(tmp_path / "pred", tmp_path / "pseudo_none", threshold=0.9,
+                           test_json=test_json, data_root=tmp_path)
     assert result.overall_kept == 0.0
-    with pytest.raises(ParameterError, match=r"threshold 1.0 kept 0.0% of the \d+ test pixels "
-                                             r"\(the most confident pixel reached 0\.\d{3}.*"
+    with pytest.raises(ParameterError, match=r"threshold 0.9 kept 0.0% of the 192 test pixels "
+                                             r"\(the most confident pixel reached 0.804.*"
                                              r"lower the threshold"):
         check_pseudo_kept([result.coco_path])
     with pytest.raises(ParameterError, match="kept 0.0%"):
         train_round2(trained_run.work_dir, [result.coco_path], "never_trained", iters=2)
     assert not (outputs_dir() / "runs" / "never_trained").exists()
-    some = pseudo_labels([folder.path], tmp_path / "pseudo_some", threshold=0.3,
-                         test_json=sample_root / "test.json", data_root=sample_root)
+    some = pseudo_labels(tmp_path / "pred", tmp_path / "pseudo_some", threshold=0.8,
+                         test_json=test_json, data_root=tmp_path)
+    assert some.overall_kept == 1.0
     check_pseudo_kept([some.coco_path])  # passes
 
 

@@ -1,4 +1,5 @@
-"""`segkit index` and `segkit report`: results to read in a browser, without Jupyter."""
+"""`segkit index`, `segkit report` and `segkit fiftyone`: results to look at in a browser,
+without Jupyter."""
 
 from __future__ import annotations
 
@@ -26,6 +27,21 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_fiftyone(args) -> int:
+    from segkit.data.sample import resolve_data_root
+    from segkit.results.fiftyone_view import fiftyone_dataset, import_fiftyone
+
+    dataset = fiftyone_dataset(args.folder, resolve_data_root(args.data_root),
+                               coco_file=args.coco_file, name=args.name)
+    print(f"FiftyOne dataset {dataset.name!r}: {len(dataset)} images "
+          f"({', '.join(f for f in ('predictions', 'ground_truth', 'miou') if dataset.has_field(f))})")
+    if args.launch:
+        session = import_fiftyone().launch_app(dataset, port=args.port, address=args.address)
+        print(f"FiftyOne App on http://{args.address}:{args.port}/ (Ctrl-C ends it)")
+        session.wait()
+    return 0
+
+
 def add_commands(sub) -> None:
     p = add_command(sub, "index", _cmd_index, "write outputs/index.html: every run, prediction "
                     "folder, ensemble, OOF score, leaderboard entry and search study, newest "
@@ -39,3 +55,16 @@ def add_commands(sub) -> None:
                     "web)")
     p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK.ipynb",
                    help="executed notebooks, e.g. outputs/pipelines/demo/05_predict.ipynb")
+
+    p = add_command(sub, "fiftyone", _cmd_fiftyone, "a prediction folder as a FiftyOne dataset: "
+                    "predictions, ground truth and per-image mIoU (extra: fiftyone)")
+    p.add_argument("folder", help="a prediction folder, e.g. outputs/predictions/RUN/val")
+    p.add_argument("--data-root", default="", help="the folder the images' file names are "
+                                                   "relative to ('': the embedded sample)")
+    p.add_argument("--coco-file", default=None,
+                   help="ground truth (default: the COCO file the folder was predicted from)")
+    p.add_argument("--name", default="", help="the dataset's name (default: RUN_SPLIT)")
+    p.add_argument("--launch", action="store_true", help="open it in the FiftyOne App")
+    p.add_argument("--port", type=int, default=5151, help="the App's port")
+    p.add_argument("--address", default="localhost",
+                   help="the App's address (0.0.0.0: reachable from other machines)")

@@ -251,11 +251,11 @@ def check_training_parameters(params: dict) -> dict:
 
 
 # the annotation each kind gets in 04_train's parameters cell, as papermill --help-notebook
-# reads them (its pattern takes no `|`: unions are quoted typing names, never evaluated)
+# reads them (its pattern takes no `|`: unions are typing's names, imported in the cell)
 ANNOTATIONS = {"str": "str", "path": "str", "int": "int", "float": "float", "bool": "bool",
                "list": "list"}
-ANY_ANNOTATIONS = {"fold": '"Union[int, str, None]"', "schedule": '"Union[str, dict]"',
-                   "class_weights": '"Union[str, list, None]"', "cfg_options": "dict"}
+ANY_ANNOTATIONS = {"fold": "Union[int, str, None]", "schedule": "Union[str, dict]",
+                   "class_weights": "Union[str, list, None]", "cfg_options": "dict"}
 
 
 def annotation(p: Parameter) -> str:
@@ -263,10 +263,10 @@ def annotation(p: Parameter) -> str:
 
     Example:
         >>> annotation(BY_NAME["epochs"]), annotation(BY_NAME["lr"])
-        ('"Optional[int]"', 'float')
+        ('Optional[int]', 'float')
     """
     base = ANY_ANNOTATIONS.get(p.name, "object") if p.kind == "any" else ANNOTATIONS[p.kind]
-    return f'"Optional[{base}]"' if p.optional and "None" not in base else base
+    return f"Optional[{base}]" if p.optional and "None" not in base else base
 
 
 def parameters_cell() -> str:
@@ -278,5 +278,10 @@ def parameters_cell() -> str:
     for p in TRAINING_PARAMETERS:
         value = "None" if p.default is None else json.dumps(p.default) \
             if isinstance(p.default, (str, list)) else repr(p.default)
-        lines.append(f"{p.name + ': ' + annotation(p) + ' = ' + value:<44}# {p.help}")
-    return "\n".join(lines)
+        declared = f"{p.name}: {annotation(p)} = {value}"
+        lines.append(f"{declared:<44}# {p.help}" if len(declared) < 44 else
+                     f"{declared}  # {p.help}")
+    typing = sorted({name for name in ("Optional", "Union") if any(name in line for line in lines)})
+    head = [f"from typing import {', '.join(typing)}  # the annotations papermill shows", ""] \
+        if typing else []
+    return "\n".join(head + lines)
