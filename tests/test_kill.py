@@ -417,8 +417,8 @@ def test_kill_oof(world, tmp_path):
 def test_kill_train(world, tmp_path):
     """A tiny `segkit train ... resume=true` killed at random moments and run again: after a
     kill every checkpoint there reads back whole, data.json is whole; the rerun resumes (or
-    restarts) and ends with the uninterrupted run's final weights, best checkpoint and score,
-    and its predictions equal the uninterrupted run's."""
+    restarts) and ends with the uninterrupted run's final and best weights, best checkpoint
+    name, score and logged steps, and predicts from that best checkpoint."""
     import torch
 
     from segkit.results.runs import Run
@@ -457,15 +457,13 @@ def test_kill_train(world, tmp_path):
     assert run.summary().best_miou == pytest.approx(base.summary().best_miou, abs=1e-6)
     assert set(run.scalars()["step"]) == set(base.scalars()["step"])
 
-    # predictions of the resumed run: those of the uninterrupted one (but for the checkpoint's
-    # path in meta.json), never a mixture of a killed session's checkpoint and the last
-    predict = ["predict", "--splits", "val", "--flips"]
-    Command([predict[0], str(folder), *predict[1:]], outputs, []).run()
-    Command([predict[0], str(base.path), *predict[1:], "--name", "base"], outputs, []).run()
-    ours = outputs / "predictions" / run.name / "val"
-    theirs = outputs / "predictions" / "base" / "val"
-    assert tree(ours, skip={"meta.json"}) == tree(theirs, skip={"meta.json"})
-    meta = json.loads((ours / "meta.json").read_text())
+    # its best checkpoint holds the uninterrupted run's best weights, and predictions made
+    # now come from it (never from a checkpoint of a killed session)
+    a = torch.load(base.best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    b = torch.load(run.best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    Command(["predict", str(folder), "--splits", "val", "--flips"], outputs, []).run()
+    meta = json.loads((outputs / "predictions" / run.name / "val" / "meta.json").read_text())
     assert meta["checkpoint"] == str(run.best_checkpoint.resolve())
 
 

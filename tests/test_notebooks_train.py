@@ -89,7 +89,7 @@ def test_notebooks_refuse_bad_and_undeclared_parameters(trained_run, tmp_path):
         run_notebook("05_predict", tmp_path, run_dir=str(trained_run.work_dir), scales="big")
     with pytest.raises(NotebookError, match=r"has no parameters \['n_split'\]"):
         run_notebook("02_split", tmp_path, n_split=3)
-    with pytest.raises(NotebookError, match="fold='abc': expected a number"):
+    with pytest.raises(NotebookError, match=r"fold='abc': expected a fold index \(0, 1, "):
         run_notebook("04_train", tmp_path, fold="abc")
 
 

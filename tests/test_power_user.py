@@ -255,6 +255,7 @@ def test_runs_of_another_class_table_are_compared_apart(trained_run, tmp_path):
                                                                    "IoU Dog"]
 
 
+@pytest.mark.slow  # a notebook run; runs_table and by_class_table are tested above
 def test_08_report_keeps_another_class_table_apart(trained_run, tmp_path):
     other = _three_class_run(tmp_path)
     nb = run_notebook("08_report", tmp_path, runs=[str(other), str(trained_run.work_dir),

@@ -1,7 +1,12 @@
 """What training and prediction left on disk, read without torch: run folders (Run),
-prediction folders (PredictionFolder, PredictionSet, evaluate) and the runs table of 08.
+prediction folders (PredictionFolder, PredictionSet, evaluate) and the runs table of 08, and a
+prediction folder in FiftyOne (the fiftyone extra).
 """
 
+from segkit.results.fiftyone_view import (
+    fiftyone_dataset,
+    import_fiftyone,
+)
 from segkit.results.predictions import (
     PROB_SCALE,
     Evaluation,
@@ -38,6 +43,8 @@ from segkit.results.runs import (
 )
 
 __all__ = [
+    "fiftyone_dataset",
+    "import_fiftyone",
     "PROB_SCALE",
     "quantize_probs",
     "dequantize_probs",
