@@ -231,13 +231,17 @@ class _Oof:
                   ) -> np.ndarray:
         """(C, C) confusion matrix of label maps of images `index`, or (folds, C, C)."""
         c = self.num_classes
-        truth = self.truth[index]
-        keep = truth != IGNORE_INDEX
-        code = truth.astype(np.int64) * c + labels
-        if by_fold:
-            code = code + (self.fold[index] * c * c)[:, None, None]
-            return np.bincount(code[keep], minlength=self.folds * c * c).reshape(self.folds, c, c)
-        return np.bincount(code[keep], minlength=c * c).reshape(c, c)
+        size = (self.folds if by_fold else 1) * c * c
+        counts = np.zeros(size, np.int64)
+        for start in range(0, len(index), 4 * CHUNK):  # int64 codes of a few images at a time
+            part = slice(start, start + 4 * CHUNK)
+            truth = self.truth[index[part]]
+            keep = truth != IGNORE_INDEX
+            code = truth.astype(np.int64) * c + labels[part]
+            if by_fold:
+                code += (self.fold[index[part]] * c * c)[:, None, None]
+            counts += np.bincount(code[keep], minlength=size)
+        return counts.reshape(self.folds, c, c) if by_fold else counts.reshape(c, c)
 
 
 def _load(pred_dirs, truth, folds) -> _Oof:
