@@ -346,6 +346,7 @@ def run_demo(spec_path: str | os.PathLike = DEMO_SPEC) -> dict:
                      "submissions:", *[f"  {p}" for p in summary["submission"]],
                      "ensembles:", *[f"  {p}" for p in summary["ensembles"]],
                      f"report: {summary['report']}",
+                     f"every result, with HTML reports: {out / 'index.html'}",
                      "validation mIoU (best checkpoint of each run):",
                      *[f"  {k}: {v}" for k, v in summary["validation mIoU"].items()]]))
     return summary
