@@ -194,7 +194,7 @@ def _wait_for(predicate, seconds: float, what: str) -> None:
 def _check_final_model_and_decisions(sample_root, ensemble_csv, score, capsys):
     """cv.yaml's final model (fold=all) and decisions: trained on every image as long as the
     folds' best checkpoints say, voted with the folds on test, the OOF decisions applied."""
-    from segkit.predict.decisions import decided_submission, load_decisions
+    from segkit.predict.decision_record import decided_submission, load_decisions
     from segkit.predict.writing import predict_and_score
     from segkit.recipe.final import final_iterations
     from segkit.results.runs import Run

@@ -8,13 +8,9 @@ import pytest
 
 from segkit.core.errors import ParameterError, SegkitError
 from segkit.core.metrics import confusion_matrix, miou
-from segkit.predict.decisions import (
-    decided_submission,
-    fit_decisions,
-    load_decisions,
-    oof_folds,
-    write_decisions,
-)
+from segkit.predict.decision_data import oof_folds
+from segkit.predict.decision_record import decided_submission, load_decisions, write_decisions
+from segkit.predict.decisions import fit_decisions
 from segkit.results.predictions import save_probs, write_prediction_meta
 from segkit.submission.reader import read_submission
 

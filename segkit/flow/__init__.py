@@ -1,13 +1,16 @@
 """Running notebooks: their declared parameters, pipeline specs, executors (inline, parallel
-processes, Slurm through submitit), default runs, pseudo-label round 2, HTML reports of executed
-notebooks and outputs/index.html, search specs as Optuna studies, and the CLI.
+processes, Slurm through submitit), default runs, pseudo-label round 2, and the CLI.
 """
 
 from segkit.flow.cli import (
+    add_command,
     build_parser,
     main,
     parse_assignments,
     predict_options,
+)
+from segkit.flow.cli_decide import (
+    add_commands,
 )
 from segkit.flow.default_runs import (
     default_run,
@@ -27,8 +30,11 @@ from segkit.flow.executors import (
     training_run_dir,
 )
 from segkit.flow.index import (
+    SECTIONS,
+    Report,
     executed_notebooks,
     write_index,
+    write_pipeline_reports,
 )
 from segkit.flow.notebook import (
     NOTEBOOKS_DIR,
@@ -53,13 +59,15 @@ from segkit.flow.pipeline import (
     run_pipeline,
 )
 from segkit.flow.reports import (
+    JPEG_ABOVE,
+    JPEG_QUALITY,
     MAX_SIDE,
+    SMALL,
     caption_figures,
     report_path,
     shrink_figures,
     web_image,
     write_html_report,
-    write_pipeline_reports,
 )
 from segkit.flow.round2 import (
     ROUND2_STARTS,
@@ -82,6 +90,7 @@ from segkit.flow.studies import (
 )
 
 __all__ = [
+    "add_commands",
     "runs_or_default",
     "default_run",
     "EXECUTORS",
@@ -95,6 +104,11 @@ __all__ = [
     "default_parallel",
     "slurm_parameters",
     "run_jobs",
+    "Report",
+    "executed_notebooks",
+    "SECTIONS",
+    "write_index",
+    "write_pipeline_reports",
     "NOTEBOOKS_DIR",
     "NotebookError",
     "notebook_path",
@@ -114,14 +128,14 @@ __all__ = [
     "run_pipeline",
     "run_demo",
     "MAX_SIDE",
+    "JPEG_ABOVE",
+    "JPEG_QUALITY",
+    "SMALL",
     "web_image",
     "caption_figures",
     "shrink_figures",
     "report_path",
     "write_html_report",
-    "write_pipeline_reports",
-    "executed_notebooks",
-    "write_index",
     "ROUND2_STARTS",
     "check_round2_start",
     "round2_parameters",
@@ -139,6 +153,7 @@ __all__ = [
     "find_spec",
     "parse_assignments",
     "predict_options",
+    "add_command",
     "build_parser",
     "main",
 ]

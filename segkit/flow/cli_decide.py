@@ -13,7 +13,8 @@ from segkit.flow.cli import _prediction_arguments, add_command
 def _cmd_decide(args) -> int:
     from segkit.flow.cli import predict_options
     from segkit.predict.cv import out_of_fold, recipes
-    from segkit.predict.decisions import fit_decisions, write_decisions
+    from segkit.predict.decision_record import write_decisions
+    from segkit.predict.decisions import fit_decisions
 
     options = predict_options(args)
     oofs = []

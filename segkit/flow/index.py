@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from segkit.core.paths import outputs_dir, write_text_atomic
+from segkit.flow.reports import write_html_report
 
 # notebook parameters that name runs (a run folder's name or path)
 _RUN_PARAMETERS = ("run_dir", "run_dirs", "runs", "curve_runs", "error_run", "run_name")
@@ -328,7 +329,6 @@ def write_index(root: str | os.PathLike | None = None, write_reports: bool = Fal
     root.mkdir(parents=True, exist_ok=True)
     notebooks = executed_notebooks(root)
     if write_reports:
-        from segkit.flow.reports import write_html_report
 
         for notebook in notebooks:
             page = notebook.with_suffix(".html")
@@ -351,3 +351,28 @@ def write_index(root: str | os.PathLike | None = None, write_reports: bool = Fal
     target = root / "index.html"
     write_text_atomic(target, text)
     return target
+
+
+def write_pipeline_reports(executed: list[str | os.PathLike], since: float = 0.0,
+                           index: bool = True) -> list[Path]:
+    """After a pipeline step: the HTML report of each of its executed notebooks written since
+    `since` (a time.time(); failed ones too: their copy keeps the traceback), then
+    outputs/index.html. A report that cannot be written is a warning, never the pipeline's
+    failure. Returns the reports written."""
+    import warnings
+
+    written = []
+    for notebook in map(Path, executed):
+        try:
+            if notebook.exists() and notebook.stat().st_mtime >= since:
+                written.append(write_html_report(notebook))
+        except Exception as exc:  # noqa: BLE001 - the notebook ran; its report is a bonus
+            warnings.warn(f"{notebook}: no HTML report ({type(exc).__name__}: {exc})",
+                          stacklevel=2)
+    if index:
+        try:
+            write_index()
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"{outputs_dir() / 'index.html'} not written "
+                          f"({type(exc).__name__}: {exc})", stacklevel=2)
+    return written

@@ -286,7 +286,7 @@ def run_pipeline(spec_path: str | os.PathLike, overrides: dict | None = None,
         resume_parameters,
         run_jobs,
     )
-    from segkit.flow.reports import write_pipeline_reports
+    from segkit.flow.index import write_pipeline_reports
 
     spec = load_spec(spec_path)
     steps = _plan(spec, spec_path, overrides)

@@ -310,28 +310,3 @@ def write_html_report(executed_ipynb: str | os.PathLike, output: str | os.PathLi
     return target
 
 
-def write_pipeline_reports(executed: list[str | os.PathLike], since: float = 0.0,
-                           index: bool = True) -> list[Path]:
-    """After a pipeline step: the HTML report of each of its executed notebooks written since
-    `since` (a time.time(); failed ones too: their copy keeps the traceback), then
-    outputs/index.html. A report that cannot be written is a warning, never the pipeline's
-    failure. Returns the reports written."""
-    import warnings
-
-    written = []
-    for notebook in map(Path, executed):
-        try:
-            if notebook.exists() and notebook.stat().st_mtime >= since:
-                written.append(write_html_report(notebook))
-        except Exception as exc:  # noqa: BLE001 - the notebook ran; its report is a bonus
-            warnings.warn(f"{notebook}: no HTML report ({type(exc).__name__}: {exc})",
-                          stacklevel=2)
-    if index:
-        from segkit.flow.index import write_index
-
-        try:
-            write_index()
-        except Exception as exc:  # noqa: BLE001
-            warnings.warn(f"{outputs_dir() / 'index.html'} not written "
-                          f"({type(exc).__name__}: {exc})", stacklevel=2)
-    return written

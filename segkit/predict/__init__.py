@@ -1,6 +1,5 @@
 """Prediction: inference with TTA and sliding windows, prediction folders written whole,
-ensembles, pseudo labels, cross-validation (out-of-fold scores, ensemble inputs), and the
-decisions fitted on out-of-fold predictions (weights, class biases, small regions).
+ensembles, pseudo labels, and cross-validation (out-of-fold scores, ensemble inputs).
 """
 
 from segkit.predict.cv import (
@@ -8,23 +7,37 @@ from segkit.predict.cv import (
     check_folds,
     checkpoint_tag,
     cv_table,
+    fold_coverage,
     out_of_fold,
     recipe_name,
     recipes,
 )
-from segkit.predict.decisions import (
-    AREA_GRID,
-    BIAS_GRID,
-    DECISIONS,
-    WEIGHT_GRID,
+from segkit.predict.decision_data import (
+    CHUNK,
+    oof_folds,
+)
+from segkit.predict.decision_record import (
     Decisions,
     decided_submission,
     decisions_dir,
+    load_decisions,
+    write_decisions,
+)
+from segkit.predict.decision_rules import (
+    AREA_GRID,
+    LOG_TABLE,
+    UNIT,
+    DecisionState,
+    decide_labels,
+)
+from segkit.predict.decisions import (
+    BIAS_GRID,
+    DECISIONS,
+    FIT_PIXELS,
+    VERSION,
+    WEIGHT_GRID,
     decisions_rule,
     fit_decisions,
-    load_decisions,
-    oof_folds,
-    write_decisions,
 )
 from segkit.predict.ensemble import (
     ENSEMBLE_COLUMNS,
@@ -40,6 +53,17 @@ from segkit.predict.ensemble import (
     submit_ensemble,
     truth_at_size,
     write_ensemble_submission,
+)
+from segkit.predict.export import (
+    CHECK_IMAGES,
+    EXPORT_FORMATS,
+    MASK_OUTPUT_TOLERANCE,
+    MASK_SCORE_FLOOR,
+    PROB_TOLERANCE,
+    SUFFIXES,
+    Exported,
+    export_run,
+    onnx_available,
 )
 from segkit.predict.images import (
     images_prediction_dir,
@@ -96,20 +120,28 @@ __all__ = [
     "checkpoint_tag",
     "check_folds",
     "OutOfFold",
+    "fold_coverage",
     "out_of_fold",
     "cv_table",
-    "DECISIONS",
-    "WEIGHT_GRID",
-    "BIAS_GRID",
-    "AREA_GRID",
-    "decisions_rule",
+    "CHUNK",
     "oof_folds",
-    "fit_decisions",
     "Decisions",
     "decisions_dir",
     "write_decisions",
     "load_decisions",
     "decided_submission",
+    "UNIT",
+    "AREA_GRID",
+    "LOG_TABLE",
+    "DecisionState",
+    "decide_labels",
+    "DECISIONS",
+    "WEIGHT_GRID",
+    "BIAS_GRID",
+    "VERSION",
+    "FIT_PIXELS",
+    "decisions_rule",
+    "fit_decisions",
     "ENSEMBLE_METHODS",
     "ENSEMBLE_COLUMNS",
     "ensemble_column",
@@ -123,6 +155,15 @@ __all__ = [
     "write_ensemble_submission",
     "disagreement_examples",
     "submit_ensemble",
+    "EXPORT_FORMATS",
+    "SUFFIXES",
+    "PROB_TOLERANCE",
+    "MASK_SCORE_FLOOR",
+    "MASK_OUTPUT_TOLERANCE",
+    "CHECK_IMAGES",
+    "Exported",
+    "onnx_available",
+    "export_run",
     "images_prediction_dir",
     "predict_images",
     "pick_device",
@@ -145,9 +186,9 @@ __all__ = [
     "PseudoResult",
     "pseudo_dir",
     "check_threshold",
-    "check_pseudo_kept",
     "label_from_probs",
     "pseudo_labels",
+    "check_pseudo_kept",
     "show_examples",
     "round_comparison",
     "predict_dataset",

@@ -178,6 +178,49 @@ def _write_model(fmt: str, wrapper, example, path: Path) -> str:
         quiet.setLevel(level)
 
 
+def _compare(model, wrapper, exported, inputs, mask_head: bool) -> dict:
+    """The exported model's outputs against the run's on `inputs`: the largest probability
+    and raw-output differences, and how many pixels were compared."""
+    import torch
+
+    prob_diff = output_diff = 0.0
+    scored = 0  # pixels whose probabilities were compared
+    for x in inputs:
+        with torch.no_grad():
+            reference = wrapper(torch.from_numpy(x)).numpy()
+        got = np.asarray(exported(x))
+        if got.shape != reference.shape:
+            raise SegkitError(f"export: output shape {got.shape}, the run's model gives "
+                              f"{reference.shape}")
+        output_diff = max(output_diff, float(np.abs(got - reference).max()))
+        diff = np.abs(_probs(model, got) - _probs(model, reference)).max(1)
+        # mask heads: scores summing to almost nothing (a barely trained model) decide
+        # nothing, and normalising them magnifies float noise; compared where they count
+        where = reference.sum(1) >= MASK_SCORE_FLOOR if mask_head else np.ones_like(diff, bool)
+        scored += int(where.sum())
+        prob_diff = max(prob_diff, float(diff[where].max()) if where.any() else 0.0)
+    return dict(images=len(inputs), max_abs_prob_diff=prob_diff,
+                max_abs_output_diff=output_diff, tolerance=PROB_TOLERANCE,
+                pixels_compared=scored,
+                compared="class probabilities (softmax of logits; mask heads: scores "
+                         f"normalised to sum 1, where they sum to >= {MASK_SCORE_FLOOR:g})")
+
+
+def _refuse_differences(fmt: str, name: str, check: dict, mask_head: bool, source) -> None:
+    """A SegkitError when the export is off by more than the stated tolerances."""
+    prob_diff, output_diff = check["max_abs_prob_diff"], check["max_abs_output_diff"]
+    problems = []
+    if not prob_diff <= PROB_TOLERANCE:
+        problems.append(f"max |probability difference| {prob_diff:.3g} > {PROB_TOLERANCE:g}")
+    if mask_head and not output_diff <= MASK_OUTPUT_TOLERANCE:
+        problems.append(f"max |score difference| {output_diff:.3g} > "
+                        f"{MASK_OUTPUT_TOLERANCE:g}")
+    if problems:
+        raise SegkitError(f"{fmt} export of {name} differs from the run's model: "
+                          f"{'; '.join(problems)} (raw outputs: {output_diff:.3g}) on "
+                          f"{source}; nothing written")
+
+
 def export_run(run: str | os.PathLike | Run, fmt: str = "torchscript",
                checkpoint: str = "best", out: str | os.PathLike | None = None,
                size: tuple[int, int] | None = None, check_images: int = CHECK_IMAGES
@@ -218,39 +261,9 @@ def export_run(run: str | os.PathLike | Run, fmt: str = "torchscript",
         exporter = _write_model(fmt, wrapper, torch.from_numpy(inputs[0]), building)
         exported = _runner(fmt, building)
         mask_head = type(model.decode_head).__name__ in ("Mask2FormerHead", "MaskFormerHead")
-        prob_diff = output_diff = 0.0
-        scored = 0  # pixels whose probabilities were compared
-        for x in inputs:
-            with torch.no_grad():
-                reference = wrapper(torch.from_numpy(x)).numpy()
-            got = np.asarray(exported(x))
-            if got.shape != reference.shape:
-                raise SegkitError(f"{fmt} export of {run.name}: output shape {got.shape}, the "
-                                  f"run's model gives {reference.shape}")
-            output_diff = max(output_diff, float(np.abs(got - reference).max()))
-            diff = np.abs(_probs(model, got) - _probs(model, reference)).max(1)
-            # mask heads: scores summing to almost nothing (a barely trained model) decide
-            # nothing, and normalising them magnifies float noise; compared where they count
-            where = reference.sum(1) >= MASK_SCORE_FLOOR if mask_head else np.ones_like(diff,
-                                                                                        bool)
-            scored += int(where.sum())
-            prob_diff = max(prob_diff, float(diff[where].max()) if where.any() else 0.0)
-        check = dict(exporter=exporter, images=len(inputs), source=source,
-                     max_abs_prob_diff=prob_diff, max_abs_output_diff=output_diff,
-                     tolerance=PROB_TOLERANCE, pixels_compared=scored,
-                     compared="class probabilities (softmax of logits; mask heads: scores "
-                              f"normalised to sum 1, where they sum to >= {MASK_SCORE_FLOOR:g})")
-        problems = []
-        if not prob_diff <= PROB_TOLERANCE:
-            problems.append(f"max |probability difference| {prob_diff:.3g} > "
-                            f"{PROB_TOLERANCE:g}")
-        if mask_head and not output_diff <= MASK_OUTPUT_TOLERANCE:
-            problems.append(f"max |score difference| {output_diff:.3g} > "
-                            f"{MASK_OUTPUT_TOLERANCE:g}")
-        if problems:
-            raise SegkitError(f"{fmt} export of {run.name} differs from the run's model: "
-                              f"{'; '.join(problems)} (raw outputs: {output_diff:.3g}) on "
-                              f"{source}; nothing written")
+        check = _compare(model, wrapper, exported, inputs, mask_head)
+        check = dict(exporter=exporter, source=source, **check)
+        _refuse_differences(fmt, run.name, check, mask_head, source)
         os.replace(building, path)
     finally:
         building.unlink(missing_ok=True)

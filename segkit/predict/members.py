@@ -93,7 +93,8 @@ class EnsembleInputs:
         """07's `decisions`: "" none (None); "fit": fitted on the members' OOF predictions
         from `start_weights` (the method's) and written to outputs/decisions/<name>/
         decisions.json; else a decisions.json to apply, decided for these members."""
-        from segkit.predict.decisions import fit_decisions, load_decisions, write_decisions
+        from segkit.predict.decision_record import load_decisions, write_decisions
+        from segkit.predict.decisions import fit_decisions
 
         if not os.fspath(decisions):
             return None
@@ -127,7 +128,7 @@ class EnsembleInputs:
         if method == "greedy" and selection is None:
             raise ParameterError("method='greedy' needs the greedy selection's result")
         if decisions is not None:
-            from segkit.predict.decisions import decided_submission
+            from segkit.predict.decision_record import decided_submission
 
             if method == "hard":
                 raise ParameterError("decisions apply to probabilities: use method soft or "

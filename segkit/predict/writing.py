@@ -252,7 +252,7 @@ def predict_and_score(run: str | os.PathLike | Run, options: PredictOptions = Pr
 
 
 def _decided(done: Predicted, decisions, test_file: str, data_root, name: str) -> Path:
-    from segkit.predict.decisions import decided_submission, load_decisions
+    from segkit.predict.decision_record import decided_submission, load_decisions
     from segkit.submission.leaderboard import write_local_score
 
     decided = load_decisions(decisions)

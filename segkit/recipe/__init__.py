@@ -1,6 +1,5 @@
 """A training recipe as plain data: every 04_train parameter with its default, help and check,
-and the schedule, loss and augmentation texts those parameters hold; the final (full-data)
-model's iteration count from the recipe's CV runs (`final`). No torch.
+and the schedule, loss and augmentation texts those parameters hold. No torch.
 """
 
 from segkit.recipe.augment import (
@@ -63,13 +62,13 @@ __all__ = [
     "check_augment",
     "pipelines",
     "batch_augments",
+    "FinalIterations",
+    "best_iteration",
+    "final_iterations",
     "LOSS_TERMS",
     "loss_terms",
     "check_loss",
     "loss_config",
-    "FinalIterations",
-    "best_iteration",
-    "final_iterations",
     "OPTIMIZERS",
     "AVERAGING",
     "LOSSES",
@@ -77,11 +76,11 @@ __all__ = [
     "WEIGHTS",
     "LAUNCHERS",
     "Parameter",
+    "check_fold",
     "TRAINING_PARAMETERS",
     "BY_NAME",
     "defaults",
     "help_text",
-    "check_fold",
     "check_training_parameters",
     "ANNOTATIONS",
     "ANY_ANNOTATIONS",
@@ -91,6 +90,6 @@ __all__ = [
     "SCHEDULES",
     "schedule_spec",
     "check_schedule",
-    "schedulers",
     "warn_long_warmup",
+    "schedulers",
 ]

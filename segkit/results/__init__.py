@@ -1,9 +1,9 @@
 """What training and prediction left on disk, read without torch: run folders (Run),
-prediction folders (PredictionFolder, PredictionSet, evaluate) and the runs table of 08, and a
-prediction folder in FiftyOne (the fiftyone extra).
+prediction folders (PredictionFolder, PredictionSet, evaluate) and the runs table of 08.
 """
 
 from segkit.results.fiftyone_view import (
+    FIFTYONE_EXTRA,
     fiftyone_dataset,
     import_fiftyone,
 )
@@ -43,8 +43,9 @@ from segkit.results.runs import (
 )
 
 __all__ = [
-    "fiftyone_dataset",
+    "FIFTYONE_EXTRA",
     "import_fiftyone",
+    "fiftyone_dataset",
     "PROB_SCALE",
     "quantize_probs",
     "dequantize_probs",
@@ -59,18 +60,18 @@ __all__ = [
     "evaluate",
     "KEY_PARAMETERS",
     "TRAINED_KEYS",
+    "class_table_label",
     "runs_table",
     "by_class_table",
-    "class_table_label",
     "curves",
     "per_class_table",
     "confused_pairs",
     "DATA_FILE",
-    "data_record",
     "RunResult",
     "read_scalars",
-    "Run",
     "checkpoint_problem",
+    "Run",
+    "data_record",
     "find_runs",
     "common_validation",
 ]
