@@ -66,7 +66,8 @@ def test_02_split_writes_checked_folds_and_both_reports(sample_root, tmp_path):
     # the notebook wrote exactly what the library writes for the same inputs and seed
     coco = load_coco(sample_root / "train_all.json")
     folds = split.make_folds(coco, TRASH, 3, 7, "pixels", pixel_counts(coco, TRASH))
-    for path in write_folds(coco, folds, tmp_path / "again"):
+    settings = {"seed": 7, "by": "pixels", "group_by": None}  # split.json records them
+    for path in write_folds(coco, folds, tmp_path / "again", settings):
         assert path.read_bytes() == (out / path.name).read_bytes()
 
 
@@ -159,7 +160,8 @@ def test_02_split_group_by_and_near_duplicate_counts(sample_root, tmp_path):
     # the same split from the library, byte for byte
     coco = load_coco(root / "train_all.json")
     folds = split.make_folds(coco, TRASH, 3, 3, group_by="field:clip")
-    for path in write_folds(coco, folds, tmp_path / "again"):
+    settings = {"seed": 3, "by": "annotations", "group_by": "field:clip"}
+    for path in write_folds(coco, folds, tmp_path / "again", settings):
         assert path.read_bytes() == (out / path.name).read_bytes()
 
 

@@ -75,7 +75,7 @@ def test_plan_refuses_gpus_it_cannot_measure(sample_root):
 def test_gpu_batch_from_the_memory_probe(monkeypatch, tmp_path):
     import segkit.search.plan as planning
 
-    def fake_probe(params, folder, iters, log_interval):  # 3 GiB per image of an 80 GiB card
+    def fake_probe(params, folder, iters, log_interval, n_val=None):  # 3 GiB an image, 80 GiB
         return planning.Probe(512, 512, params["batch_size"], 0.1, 1.0, 5.0, 3 * 2**30,
                               80 * 2**30)
 
@@ -109,3 +109,15 @@ def test_plan_command_prints_the_reasons_and_writes_the_spec(sample_root, tmp_pa
     assert "group_by" in text and "no near-duplicate pairs" in text and "not timed" in text
     assert out.read_text().startswith(f"# segkit plan {sample_root} --budget 20m")
     assert main(["plan", str(tmp_path), "--no-probe"]) == 2  # no train_all.json there
+
+
+def test_a_test_of_new_sequences_makes_folds_of_whole_sequences():
+    names = [f"{seq}_{n:05d}.png" for seq, start in (("0016E5", 7950), ("0006R0", 900),
+                                                      ("Seq05VD", 0))
+             for n in range(start, start + 30 * 12, 30)] + ["0016E5_09000.png"]
+    coco = _Coco(names)
+    pairs = pd.DataFrame({"image_a": [0, 12], "image_b": [1, 13]})  # inside frame runs only
+    assert suggest_group_by(coco, pairs).group_by == "frames:30"  # the finest leak-free
+    test = ["Seq99XX_00000.png", "Seq99XX_00030.png", "Seq99XX_00060.png", "0016E5_10000.png"]
+    found = suggest_group_by(coco, pairs, test)
+    assert found.group_by.startswith("regex:") and "75% of the test images" in found.why

@@ -262,6 +262,7 @@ def test_search_spec_winner_and_09_search(sample_root, tmp_path):
     assert search.study.trial_parameters(1, 0, {"lr": 0.01})["iters"] == 20  # trial: wins
     search.study.work(fake_train, log=lambda _: None)
     nb = run_notebook("09_search", tmp_path, spec=str(spec), run_search=False, top=2)
+    assert not (search.study.folder / "prepared.json").exists()  # only shown, not run
     text = notebook_text(nb)
     assert "COMPLETE" in text and "trial" in text
     winner = search.study.folder / "winner.yaml"

@@ -7,10 +7,12 @@ r"""A dataset's fingerprint: what a starting recipe depends on (segkit.search.pl
 * the file names' structure, as candidate `group_by` values (segkit.folds.groups): a prefix
   before a frame number (`0016E5_08100.png` -> `regex:^(.+)_[A-Za-z]*\d+\.\w+$`), a top
   folder, runs of frame numbers (`frames:GAP`); each scored by the near-duplicate pairs it
-  leaves across groups (pairs across groups can land across train and val). The suggestion:
-  the finest candidate that leaves no pair across with at least 3 groups; without pairs, none
-  (image-level folds leak nothing), or the prefix of video-like names when no image is there
-  to hash.
+  leaves across groups (pairs across groups can land across train and val) and, when there is
+  a test.json, by the share of test images whose group training does not have (a test of new
+  sequences). The suggestion: a candidate that leaves no pair across and whose groups are
+  mostly new in the test (folds then hold out whole groups, as the test does); else the finest
+  candidate that leaves no pair across with at least 3 groups; without pairs, none (image-level
+  folds leak nothing), or the prefix of video-like names when no image is there to hash.
 
 Example:
     fp = fingerprint("/data/camvid")
@@ -36,7 +38,8 @@ MIN_GROUPS = 3
 @dataclass
 class GroupSuggestion:
     """The suggested `group_by` (None: each image its own group), its group count, why, and
-    every candidate that was scored (columns group_by, groups, largest_share, pairs_across)."""
+    every candidate that was scored (columns group_by, groups, largest_share, pairs_across,
+    test_unseen: the share of test images in groups training does not have)."""
 
     group_by: str | None
     n_groups: int
@@ -109,8 +112,10 @@ class Fingerprint:
             for row in self.groups.candidates.itertuples(index=False):
                 across = "" if pd.isna(row.pairs_across) else \
                     f", {int(row.pairs_across)} pairs across groups"
+                unseen = "" if pd.isna(row.test_unseen) else \
+                    f", {row.test_unseen:.0%} of the test images in new groups"
                 lines.append(f"  {row.group_by}: {row.groups} groups (largest "
-                             f"{row.largest_share:.0%}){across}")
+                             f"{row.largest_share:.0%}){across}{unseen}")
         return "\n".join(lines)
 
 
@@ -147,9 +152,25 @@ def group_candidates(coco) -> list[str]:
     return found
 
 
-def suggest_group_by(coco, pairs: pd.DataFrame | None) -> GroupSuggestion:
-    """The grouping of the images that keeps near-duplicates inside one fold (module
-    docstring); `pairs` None: no images were hashed."""
+def _test_unseen(candidate: str, groups: pd.Series, test_names: list[str]) -> float:
+    """The share of test images whose regex group training does not have (NaN: not a regex
+    candidate, or no test image it names)."""
+    if not test_names or not candidate.startswith("regex:"):
+        return np.nan
+    pattern = re.compile(candidate[len("regex:"):])
+    found = [pattern.search(n if "/" in pattern.pattern else Path(n).name) for n in test_names]
+    named = [m.group(1) if m.re.groups else m.group(0) for m in found if m]
+    if not named:
+        return np.nan
+    seen = set(groups)
+    return float(np.mean([g not in seen for g in named]))
+
+
+def suggest_group_by(coco, pairs: pd.DataFrame | None,
+                     test_names: list[str] | None = None) -> GroupSuggestion:
+    """The grouping of the images that keeps near-duplicates inside one fold and mirrors the
+    test (module docstring); `pairs` None: no images were hashed; `test_names`: the test
+    images' file names."""
     from segkit.folds.groups import image_groups
 
     n = len(coco.images)
@@ -169,8 +190,19 @@ def suggest_group_by(coco, pairs: pd.DataFrame | None) -> GroupSuggestion:
             across = int((a != b).sum())
         rows.append({"group_by": candidate, "groups": int(n_groups),
                      "largest_share": float(groups.value_counts().iloc[0] / n),
-                     "pairs_across": across})
-    table = pd.DataFrame(rows, columns=["group_by", "groups", "largest_share", "pairs_across"])
+                     "pairs_across": across,
+                     "test_unseen": _test_unseen(candidate, groups, test_names or [])})
+    table = pd.DataFrame(rows, columns=["group_by", "groups", "largest_share", "pairs_across",
+                                        "test_unseen"])
+    like_test = table[(table["test_unseen"] >= 0.5) & (table["pairs_across"].fillna(0) == 0)]
+    if len(like_test):
+        best = like_test.sort_values("groups", ascending=False).iloc[0]
+        leak = "" if pairs is None else (f"; it keeps all {len(pairs)} near-duplicate pairs "
+                                         "inside groups")
+        return GroupSuggestion(best["group_by"], int(best["groups"]),
+                               f"{best['test_unseen']:.0%} of the test images are in groups "
+                               f"training does not have: folds hold out whole groups of "
+                               f"{best['group_by']}, as the test does{leak}", table)
     if pairs is None:
         video = table[table["group_by"].str.startswith("regex:^(.+)")]
         if len(video) and any(c.startswith("frames:") for c in table["group_by"]):
@@ -231,6 +263,6 @@ def fingerprint(data_root: str | os.PathLike, annotation_file: str = "train_all.
         pairs = near_duplicates.find_pairs(hashes, duplicate_threshold)
         clusters = near_duplicates.clusters(pairs)
     test = root / "test.json"
-    n_test = len(load_coco(test).images) if test.is_file() else 0
-    return Fingerprint(root, path, coco, classes, n_test, image_sizes, table, sizes, pairs,
-                       clusters, suggest_group_by(coco, pairs))
+    test_names = [img["file_name"] for img in load_coco(test).images] if test.is_file() else []
+    return Fingerprint(root, path, coco, classes, len(test_names), image_sizes, table, sizes,
+                       pairs, clusters, suggest_group_by(coco, pairs, test_names))

@@ -38,6 +38,7 @@ MAX_EPOCHS = 300
 MARGIN = 0.10  # of the budget, kept free
 KERNEL_SECONDS = 15.0  # a notebook's kernel start, imports and papermill's writing
 VALIDATIONS = 4  # validation passes in a run (best checkpoint kept)
+PROBE_VAL_IMAGES = 24  # a probe's validation pass is timed on this many images
 CPU = dict(long_side=512, crop=256, batch=4, probe_iters=15, log_interval=5)
 GPU = dict(long_side=1024, crop=512, batch=16, probe_iters=30, log_interval=10)
 
@@ -76,6 +77,7 @@ class Probe:
     startup_seconds: float
     bytes_per_image: float
     memory_available: float
+    gpu: bool = False
 
 
 @dataclass
@@ -105,10 +107,10 @@ class Plan:
                          + (f"load {self.load:.1f} on {os.cpu_count()} cores" if self.load
                             else "idle") + "):")
             for p in self.probes:
+                memory = f", {p.bytes_per_image / 2**20:.0f} MiB per image" if p.gpu else ""
                 lines.append(f"  {p.image_size}/{p.crop_size} batch {p.batch_size}: "
                              f"{p.seconds_per_iter:.2f} s/iteration, {p.val_seconds:.1f} s per "
-                             f"validation, {p.startup_seconds:.0f} s start-up, "
-                             f"{p.bytes_per_image / 2**20:.0f} MiB per image")
+                             f"validation, {p.startup_seconds:.0f} s start-up{memory}")
             if self.load > (os.cpu_count() or 1) * 0.75:
                 lines.append("  the machine was busy: the times are long and the iterations "
                              "fewer than an idle machine allows")
@@ -193,10 +195,12 @@ def _available_memory(cuda: bool) -> float:
     return float("inf")
 
 
-def probe_run(params: dict, folder: Path, iters: int, log_interval: int) -> Probe:
+def probe_run(params: dict, folder: Path, iters: int, log_interval: int,
+              n_val: int | None = None) -> Probe:
     """Train `iters` iterations (one validation at the end) in this process and read the time
-    per iteration (the logged windows after the first), per validation pass and the start-up
-    from the run; peak memory per image from the device's counters."""
+    per iteration (the logged windows after the first), per validation pass (scaled to `n_val`
+    images when the probe validates on fewer) and the start-up from the run; peak memory per
+    image from the device's counters (on a CPU the process's peak, a rough upper bound)."""
     import torch
 
     from segkit.coco.files import load_coco
@@ -222,24 +226,38 @@ def probe_run(params: dict, folder: Path, iters: int, log_interval: int) -> Prob
     windows = train["time"].iloc[1:] if len(train) > 1 else train["time"]
     per_iter = float(windows.mean())
     val = scalars[scalars["kind"] == "val"]
-    n_val = len(load_coco(training_files(check_training_parameters(params))[2]).images)
-    val_seconds = float(val["time"].iloc[-1]) * n_val if len(val) else 0.0
-    startup = max(0.0, wall - per_iter * iters - val_seconds)
+    probed = len(load_coco(training_files(check_training_parameters(params))[2]).images)
+    val_probe = float(val["time"].iloc[-1]) * probed if len(val) else 0.0
+    val_seconds = val_probe * (n_val or probed) / max(probed, 1)
+    startup = max(0.0, wall - per_iter * iters - val_probe)
     for checkpoint in folder.glob("*.pth"):
         checkpoint.unlink()
     return Probe(params["image_size"], params["crop_size"], params["batch_size"], per_iter,
                  val_seconds, startup, max(peak - base, 1.0) / params["batch_size"],
-                 _available_memory(cuda))
+                 _available_memory(cuda), cuda)
 
 
 def _gpu_batch(params: dict, folder: Path, cap: int) -> tuple[int, str]:
     """The batch size from a short memory probe at batch 2 on the GPU."""
-    probe = probe_run({**params, "batch_size": 2}, folder, 3, 1)
+    probe = probe_run({**params, "batch_size": 2}, folder, 3, 1, 1)
     fit = int(0.85 * probe.memory_available // probe.bytes_per_image)
     batch = 2 ** int(math.log2(max(2, min(fit, cap))))
     return batch, (f"memory probe: {probe.bytes_per_image / 2**20:.0f} MiB per image at batch "
                    f"2 of {probe.memory_available / 2**30:.0f} GiB, so about {fit} fit; the "
                    f"largest power of two up to {cap}")
+
+
+def _probe_files(splits: Path, fold: int, folder: Path, n: int = PROBE_VAL_IMAGES) -> dict:
+    """The probes' training files: the fold's training file, and its first `n` validation
+    images (a validation pass is timed on them and scaled to the whole fold)."""
+    from segkit.coco.files import load_coco, subset, write_coco
+    from segkit.folds.files import fold_files
+
+    train, val = fold_files(splits, fold)
+    coco = load_coco(val)
+    few = write_coco(subset(coco, [img["id"] for img in coco.images[:n]]),
+                     folder / "probe_val.json")
+    return {"fold": None, "train_file": str(train.resolve()), "val_file": str(few.resolve())}
 
 
 def _fold_sizes(splits: Path) -> dict[int, tuple[int, int]]:
@@ -327,14 +345,15 @@ def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
     chosen = None
     batch, batch_why = device["batch"], ""
     if probe and len(fp.coco.images):
+        probe_files = _probe_files(outputs_dir() / splits_name, folds[0], folder)
         for k, (side, crop) in enumerate(candidates):
-            params = {**base, "image_size": side, "crop_size": crop}
+            params = {**base, **probe_files, "image_size": side, "crop_size": crop}
             if gpus and not batch_why:
                 batch, batch_why = _gpu_batch(params, folder / "probe_memory", device["batch"])
             say(f"plan: timing {device['probe_iters']} iterations at {side}/{crop}, batch "
                 f"{batch}")
             p = probe_run({**params, "batch_size": batch}, folder / f"probe_{side}",
-                          device["probe_iters"], device["log_interval"])
+                          device["probe_iters"], device["log_interval"], n_val)
             probes.append(p)
             if not gpus and not batch_why:
                 fit = int(0.5 * p.memory_available // p.bytes_per_image)

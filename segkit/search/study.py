@@ -388,7 +388,7 @@ class SearchStudy:
                 break
             number, values, adopted = job
             trial = optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, number))
+                study._study_id, number))  # the trial's attributes, also when taken over
             shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
             log(f"trial {number}{' (resumed)' if adopted else ''}: {shown}")
             start = time.time()
@@ -399,8 +399,8 @@ class SearchStudy:
                 except Pruned as exc:
                     runs, value, state, error = exc.args[0], None, TrialState.PRUNED, ""
                 except (SegkitError, RuntimeError, OSError, ValueError) as exc:
-                    runs, value, state = [], None, TrialState.FAIL
-                    error = f"{type(exc).__name__}: {exc}"
+                    runs = [self.run_dir(number, fold) for fold in self.folds]
+                    value, state, error = None, TrialState.FAIL, f"{type(exc).__name__}: {exc}"
             seconds = time.time() - start + float(trial.user_attrs.get("seconds", 0.0))
             trial.set_user_attr("seconds", round(seconds, 1))
             if runs:
