@@ -478,3 +478,16 @@ def test_only_tagged_leftovers_of_dead_writers_are_removed(tmp_path):
     gone.mkdir()
     assert remove_leftovers(tmp_path) == [gone]
     assert all(p.exists() for p in keep)
+
+
+def test_lb_records_the_same_score_once(tmp_path, monkeypatch):
+    """A rerun of `segkit lb` (after a kill, or by hand) does not record the score twice."""
+    from segkit.submission.leaderboard import read_scores, record_score
+
+    monkeypatch.setenv("SEGKIT_OUTPUTS", str(tmp_path / "outputs"))
+    csv = tmp_path / "sub.csv"
+    csv.write_text("image_id,PredictionString\na.jpg,0\n")
+    first = record_score(csv, 0.61, "fold 0")
+    assert record_score(csv, 0.61, "fold 0") == first
+    record_score(csv, 0.62, "fold 0")  # another score is another entry
+    assert [e["score"] for e in read_scores()] == [0.61, 0.62]

@@ -106,9 +106,14 @@ class PredictOptions:
 
     def identity(self, checkpoint_file, source, split: str) -> dict:
         """What a prediction folder's meta.json records and is compared on before reuse
-        (paths by what they point at)."""
+        (paths by what they point at; the checkpoint also by its size and time, so a run
+        trained again under the same name is predicted again)."""
+        stamp = None
+        if checkpoint_file and Path(checkpoint_file).is_file():  # a retrained run's new file
+            info = Path(checkpoint_file).stat()
+            stamp = [info.st_size, info.st_mtime_ns]
         return dict(checkpoint=str(Path(checkpoint_file).resolve()) if checkpoint_file else None,
-                    source=str(Path(source).resolve()), split=split,
+                    checkpoint_stamp=stamp, source=str(Path(source).resolve()), split=split,
                     out_size=list(self.out_size), reduction=self.reduction,
                     flips=list(self.flips), scales=list(self.scales),
                     slide=list(self.slide) if self.slide else None, amp=self.amp)
