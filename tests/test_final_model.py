@@ -142,6 +142,6 @@ def test_05_predicts_a_full_data_run_test_only(full_run, sample_root, capsys):
     assert done.submission.exists()
     assert "no validation split; test only" in capsys.readouterr().out
     with pytest.raises(SegkitError, match="no validation file to compare runs on"):
-        from segkit.results.runs import common_validation
+        from segkit.results.run_lists import common_validation
 
         common_validation([full_run.work_dir])

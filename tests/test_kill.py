@@ -222,7 +222,8 @@ def world(sample_root, tmp_path_factory):
 def _fold_runs(world, outputs: Path) -> list[Path]:
     """base_fold0 and copies of it as the runs of folds 1 and 2 (the same weights; data.json
     naming their fold's files)."""
-    from segkit.results.runs import Run, data_record
+    from segkit.results.run_data import data_record
+    from segkit.results.runs import Run
 
     runs = [world["run"]]
     for k in (1, 2):

@@ -16,7 +16,8 @@ from segkit.predict import ensemble
 from segkit.predict.options import PredictOptions
 from segkit.predict.writing import predict_run
 from segkit.results.predictions import save_probs, write_prediction_meta
-from segkit.results.runs import Run, common_validation, find_runs
+from segkit.results.run_lists import common_validation, find_runs
+from segkit.results.runs import Run
 from segkit.submission.files import validate_submission
 from segkit.submission.reader import read_submission
 from segkit.submission.vote import hard_vote, weighted_vote

@@ -14,7 +14,8 @@ import pytest
 from segkit.core.errors import SegkitError
 from segkit.flow.cli import main
 from segkit.folds.split import split_file
-from segkit.results.runs import DATA_FILE, Run
+from segkit.results.run_data import DATA_FILE
+from segkit.results.runs import Run
 from tests.conftest import TINY_TRAIN
 
 TRAIN = {**TINY_TRAIN, "warmup_iters": 1}
@@ -122,7 +123,7 @@ def test_a_changed_extra_source_refuses_resume_only(tmp_path):
     train, val, extra = (tmp_path / f"{n}.json" for n in ("train", "val", "extra"))
     for f in (train, val, extra):
         f.write_text(json.dumps({"images": [], "name": f.stem}))
-    from segkit.results.runs import data_record
+    from segkit.results.run_data import data_record
 
     folder = tmp_path / "run"
     folder.mkdir()

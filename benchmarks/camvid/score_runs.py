@@ -19,7 +19,8 @@ from segkit.core.classes import ClassTable
 from segkit.predict.ensemble import score_ensembles, truth_at_size
 from segkit.predict.options import PredictOptions
 from segkit.predict.writing import predict_run
-from segkit.results.runs import Run, common_validation
+from segkit.results.run_lists import common_validation
+from segkit.results.runs import Run
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ processes, Slurm through submitit), default runs, pseudo-label round 2, and the 
 """
 
 from segkit.flow.cli import (
+    COMMAND_GROUPS,
     add_command,
     build_parser,
     main,
@@ -154,6 +155,7 @@ __all__ = [
     "parse_assignments",
     "predict_options",
     "add_command",
+    "COMMAND_GROUPS",
     "build_parser",
     "main",
 ]

@@ -17,7 +17,8 @@ def runs_or_default(runs: str | os.PathLike | Sequence[str | os.PathLike] | None
     """The runs a notebook parameter names (one folder or name, or a list). Empty means every
     run validated on `fold` when `search` (07), and 04_train's default run of the fold when
     there is none (trained first if absent)."""
-    from segkit.results.runs import Run, find_runs
+    from segkit.results.run_lists import find_runs
+    from segkit.results.runs import Run
 
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs] if os.fspath(runs) else []

@@ -162,7 +162,7 @@ def ensemble_inputs(runs: Sequence[str | os.PathLike | Run], test_file, data_roo
     split), and a recipe's test prediction is the vote of its folds. The checkpoints are
     `options.members`; every other option (TTA, slide, size) applies to each of them."""
     from segkit.predict.ensemble import truth_at_size
-    from segkit.results.runs import common_validation
+    from segkit.results.run_lists import common_validation
 
     opened = [Run.open(r) for r in runs]
     if not opened:

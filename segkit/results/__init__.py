@@ -31,14 +31,18 @@ from segkit.results.report import (
     per_class_table,
     runs_table,
 )
-from segkit.results.runs import (
+from segkit.results.run_data import (
     DATA_FILE,
+    data_record,
+)
+from segkit.results.run_lists import (
+    common_validation,
+    find_runs,
+)
+from segkit.results.runs import (
     Run,
     RunResult,
     checkpoint_problem,
-    common_validation,
-    data_record,
-    find_runs,
     read_scalars,
 )
 
@@ -67,11 +71,11 @@ __all__ = [
     "per_class_table",
     "confused_pairs",
     "DATA_FILE",
+    "data_record",
+    "find_runs",
+    "common_validation",
     "RunResult",
     "read_scalars",
     "checkpoint_problem",
     "Run",
-    "data_record",
-    "find_runs",
-    "common_validation",
 ]

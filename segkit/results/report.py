@@ -12,7 +12,8 @@ import os
 import pandas as pd
 
 from segkit.core.errors import SegkitError
-from segkit.results.runs import Run, find_runs
+from segkit.results.run_lists import find_runs
+from segkit.results.runs import Run
 
 # the parameters worth a column when runs are compared side by side
 KEY_PARAMETERS = ("model", "fold", "image_size", "crop_size", "batch_size", "iters",

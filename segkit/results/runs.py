@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,9 +41,8 @@ from segkit.core.paths import (
     resolve_output_path,
     write_text_atomic,
 )
+from segkit.results.run_data import DATA_FILE, _entries
 
-DATA_FILE = "data.json"
-_SPLIT_KEYS = ("source", "source_sha256", "images", "n_splits", "seed", "by", "group_by")
 _CHANGED = {"val": "scores on it would not be the run's validation scores (it may hold images "
                    "the run trained on)",
             "train": "the split it belongs to is not the run's any more"}
@@ -429,87 +427,5 @@ class Run:
     def data(self) -> tuple[Path, Path]:
         """(data root, validation COCO file) the run was trained with (see `fold_files`)."""
         return self.data_root, self.fold_files()[1]
-
-
-def _entries(record: dict) -> list[dict]:
-    return [record["train"]] + ([record["val"]] if record.get("val") else []) + \
-        list(record.get("extra_train") or [])
-
-
-def data_record(data_root: str | os.PathLike, train_file: str | os.PathLike,
-                val_file: str | os.PathLike, extra_train=(),
-                split_dir: str | os.PathLike | None = None, fold: int | None = None) -> dict:
-    """What a run's data.json records (module docstring): the data root, the train and val
-    files and each extra train source as (COCO file, its image folder) pairs, resolved, with
-    their sha256; for a fold, the split folder, the fold and what its split.json says (when
-    that split.json belongs to these very files)."""
-    from segkit.folds.files import read_split_info
-
-    def entry(path, root=None) -> dict:
-        path = Path(path).resolve()
-        try:
-            found = {"path": str(path), "sha256": file_sha256(path)}
-        except OSError as exc:
-            raise SegkitError(f"{path}: cannot read it to record the run's data "
-                              f"({exc.strerror or exc})") from None
-        return found if root is None else {**found, "data_root": str(Path(root).resolve())}
-
-    record = {"data_root": str(Path(data_root).resolve()), "train": entry(train_file),
-              "val": entry(val_file) if val_file is not None else None,
-              "extra_train": [entry(path, root) for path, root in extra_train], "split": None}
-    if split_dir is not None:
-        info = read_split_info(split_dir) or {}
-        files = info.get("files") or {}
-        own = all(files.get(Path(record[k]["path"]).name) == record[k]["sha256"]
-                  for k in ("train", "val") if record[k] is not None)
-        record["split"] = {"folder": str(Path(split_dir).resolve()), "fold": fold,
-                           **({k: info.get(k) for k in _SPLIT_KEYS} if own and files else {})}
-    return record
-
-
-def find_runs(runs_root: str | os.PathLike | None = None, fold: int | None = None,
-              checkpoint: str = "last") -> list[Run]:
-    """Run folders under `runs_root` (default outputs/runs) holding the `checkpoint`, sorted by
-    name; with `fold`, only those validated on that fold's file in outputs/splits."""
-    from segkit.folds.files import fold_files
-
-    root = Path(runs_root) if runs_root else outputs_dir() / "runs"
-    if not root.is_dir():
-        return []
-    wanted = None
-    if fold is not None:
-        try:
-            wanted = fold_files(outputs_dir() / "splits", int(fold))[1].resolve()
-        except ParameterError:
-            return []
-    found = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        run = Run(folder)
-        try:
-            run.checkpoint(checkpoint)
-            val = run.data()[1]  # None: a full-data run without a holdout
-            if wanted is None or (val is not None and val.resolve() == wanted):
-                found.append(run)
-        except SegkitError:
-            continue
-    return found
-
-
-def common_validation(runs: Sequence[str | os.PathLike | Run]) -> tuple[Path, Path]:
-    """(data root, validation COCO file) shared by all the runs; runs validated on different
-    files cannot be compared on one: a SegkitError names the run."""
-    if not runs:
-        raise ParameterError("no run folders given")
-    opened = [Run.open(r) for r in runs]
-    root, val = opened[0].data()
-    for run in opened:
-        other = run.data()[1]
-        if other is None:
-            raise SegkitError(f"{run.path}: a full-data run (fold=all) without a holdout_file "
-                              "has no validation file to compare runs on")
-        if other.resolve() != val.resolve():
-            raise SegkitError(f"{run.path}: validated on {other}, but {opened[0].path} on "
-                              f"{val}; ensembles compare runs of the same fold")
-    return root, val
 
 

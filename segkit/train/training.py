@@ -364,7 +364,7 @@ def environment_info() -> dict:
 
 def data_record_of(p: dict) -> dict:
     """What a run of checked parameters `p` records in data.json (segkit.results.runs)."""
-    from segkit.results.runs import data_record
+    from segkit.results.run_data import data_record
 
     root, train_file, val_file = training_files(p)
     extra = [resolve_source(s if isinstance(s, dict) else str(s))
