@@ -137,7 +137,7 @@ def test_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     rest: every trial once."""
     name, n_trials = "killed", 5
     study = make_study(name, n_trials)
-    env = {**os.environ, "FAKE_STEP_SECONDS": "1.0", "PYTHONPATH": str(PROJECT_ROOT)}
+    env = {**os.environ, "FAKE_STEP_SECONDS": "0.5", "PYTHONPATH": str(PROJECT_ROOT)}
     worker = subprocess.Popen(
         [sys.executable, "-c", f"from tests.test_search import worker_main; "
                                f"worker_main({name!r}, {n_trials})"],
