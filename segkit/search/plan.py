@@ -8,8 +8,10 @@ parsing, by object counts otherwise; the fold with the most training images), cl
 runs of a few iterations with the real data, model and loader): the batch size (memory per
 image measured: GPU memory, or the process's peak memory on a CPU), the time per iteration and
 per validation pass; then image and crop size (the largest scale that still gets
-`TARGET_EPOCHS` passes over the training images within the budget) and the iterations that
-fill the budget after splitting, validations and the test predictions.
+`TARGET_EPOCHS` passes over the training images within the budget; when none does, the one
+that gets the most) and the iterations that fill the budget after splitting, validations and
+the test predictions. Each probe records the machine's load: plan on the machine that will
+train, when it is quiet.
 
 The spec: 02_split (grouped folds), 04_train on the chosen fold (with several GPUs: one fold per
 GPU, `--parallel`), 05_predict with flip TTA (several GPUs: 07_ensemble of the folds).
@@ -39,8 +41,8 @@ MARGIN = 0.10  # of the budget, kept free
 KERNEL_SECONDS = 15.0  # a notebook's kernel start, imports and papermill's writing
 VALIDATIONS = 4  # validation passes in a run (best checkpoint kept)
 PROBE_VAL_IMAGES = 24  # a probe's validation pass is timed on this many images
-CPU = dict(long_side=512, crop=256, batch=4, probe_iters=15, log_interval=5)
-GPU = dict(long_side=1024, crop=512, batch=16, probe_iters=30, log_interval=10)
+CPU = dict(long_side=512, crop=256, batch=4, probe_iters=16, log_interval=4)
+GPU = dict(long_side=1024, crop=512, batch=16, probe_iters=32, log_interval=8)
 
 
 def parse_budget(text) -> float:
@@ -78,6 +80,7 @@ class Probe:
     bytes_per_image: float
     memory_available: float
     gpu: bool = False
+    load: float = 0.0  # the machine's load average when the probe started
 
 
 @dataclass
@@ -110,8 +113,9 @@ class Plan:
                 memory = f", {p.bytes_per_image / 2**20:.0f} MiB per image" if p.gpu else ""
                 lines.append(f"  {p.image_size}/{p.crop_size} batch {p.batch_size}: "
                              f"{p.seconds_per_iter:.2f} s/iteration, {p.val_seconds:.1f} s per "
-                             f"validation, {p.startup_seconds:.0f} s start-up{memory}")
-            if self.load > (os.cpu_count() or 1) * 0.75:
+                             f"validation, {p.startup_seconds:.0f} s start-up{memory} (load "
+                             f"{p.load:.1f})")
+            if max([self.load] + [p.load for p in self.probes]) > (os.cpu_count() or 1) * 0.75:
                 lines.append("  the machine was busy: the times are long and the iterations "
                              "fewer than an idle machine allows")
         if self.estimate:
@@ -197,10 +201,11 @@ def _available_memory(cuda: bool) -> float:
 
 def probe_run(params: dict, folder: Path, iters: int, log_interval: int,
               n_val: int | None = None) -> Probe:
-    """Train `iters` iterations (one validation at the end) in this process and read the time
-    per iteration (the logged windows after the first), per validation pass (scaled to `n_val`
-    images when the probe validates on fewer) and the start-up from the run; peak memory per
-    image from the device's counters (on a CPU the process's peak, a rough upper bound)."""
+    """Train `iters` iterations (validating half-way and at the end) in this process and read
+    the time per iteration (the logged windows after the first), per validation pass (the
+    second, warmed up; scaled to `n_val` images when the probe validates on fewer) and the
+    start-up from the run; peak memory per image from the device's counters (on a CPU the
+    process's peak, a rough upper bound)."""
     import torch
 
     from segkit.coco.files import load_coco
@@ -216,8 +221,9 @@ def probe_run(params: dict, folder: Path, iters: int, log_interval: int,
         base = float(torch.cuda.memory_allocated())
     else:
         base = _reset_peak()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     start = time.time()
-    run(**{**params, "iters": iters, "val_interval": iters, "log_interval": log_interval,
+    run(**{**params, "iters": iters, "val_interval": iters // 2, "log_interval": log_interval,
            "warmup_iters": 0, "vis_images": 0, "work_dir": str(folder), "resume": False})
     wall = time.time() - start
     peak = float(torch.cuda.max_memory_allocated()) if cuda else _read_peak()
@@ -229,17 +235,17 @@ def probe_run(params: dict, folder: Path, iters: int, log_interval: int,
     probed = len(load_coco(training_files(check_training_parameters(params))[2]).images)
     val_probe = float(val["time"].iloc[-1]) * probed if len(val) else 0.0
     val_seconds = val_probe * (n_val or probed) / max(probed, 1)
-    startup = max(0.0, wall - per_iter * iters - val_probe)
+    startup = max(0.0, wall - per_iter * iters - len(val) * val_probe)
     for checkpoint in folder.glob("*.pth"):
         checkpoint.unlink()
     return Probe(params["image_size"], params["crop_size"], params["batch_size"], per_iter,
                  val_seconds, startup, max(peak - base, 1.0) / params["batch_size"],
-                 _available_memory(cuda), cuda)
+                 _available_memory(cuda), cuda, load)
 
 
 def _gpu_batch(params: dict, folder: Path, cap: int) -> tuple[int, str]:
     """The batch size from a short memory probe at batch 2 on the GPU."""
-    probe = probe_run({**params, "batch_size": 2}, folder, 3, 1, 1)
+    probe = probe_run({**params, "batch_size": 2}, folder, 4, 1, 1)
     fit = int(0.85 * probe.memory_available // probe.bytes_per_image)
     batch = 2 ** int(math.log2(max(2, min(fit, cap))))
     return batch, (f"memory probe: {probe.bytes_per_image / 2**20:.0f} MiB per image at batch "
@@ -342,7 +348,7 @@ def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
     kernels = 3 * KERNEL_SECONDS
     predict_images = (n_val + fp.n_test) * len(folds)
     probes: list[Probe] = []
-    chosen = None
+    chosen, tried = None, []
     batch, batch_why = device["batch"], ""
     if probe and len(fp.coco.images):
         probe_files = _probe_files(outputs_dir() / splits_name, folds[0], folder)
@@ -368,15 +374,18 @@ def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
             train_time = seconds * (1 - MARGIN) - fixed - VALIDATIONS * p.val_seconds
             iters = int(train_time / p.seconds_per_iter) if train_time > 0 else 0
             epochs = iters * p.batch_size / max(n_train, 1)
-            last = k == len(candidates) - 1
-            if epochs >= TARGET_EPOCHS or last:
-                chosen = (side, crop, iters, epochs, p, predict, fixed)
+            tried.append((side, crop, iters, epochs, p, predict, fixed))
+            if epochs >= TARGET_EPOCHS:
+                chosen = tried[-1]
                 why_size = (f"the largest scale that gets {epochs:.0f} >= {TARGET_EPOCHS} epochs "
-                            "in the budget" if epochs >= TARGET_EPOCHS else
-                            f"the smallest scale tried; only {epochs:.0f} epochs fit")
+                            "in the budget")
                 if k:
                     why_size += f" ({candidates[0][0]} would get fewer)"
                 break
+        if chosen is None and tried:  # none gets there: the scale that gets the most epochs
+            chosen = max(tried, key=lambda t: (t[3], t[0]))
+            why_size = (f"no scale gets {TARGET_EPOCHS} epochs in the budget; this one gets the "
+                        f"most ({chosen[3]:.0f})")
     if chosen is None:  # no probe: the native scale, untimed
         side, crop = candidates[0]
         chosen = (side, crop, None, None, None, 0.0, 0.0)
