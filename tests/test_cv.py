@@ -241,6 +241,8 @@ def _check_final_model_and_decisions(sample_root, ensemble_csv, score, capsys):
         str(cli.path)
 
 
+# slow: about 3 minutes alone, and on a loaded machine the kill can come after fold 0 finished
+@pytest.mark.slow
 def test_cv_spec_with_the_local_executor_and_a_killed_fold(sample_root, tmp_path, capsys):
     """notebooks/cv.yaml on the tiny sample: fold 0 is killed after its first checkpoint and
     resumes when the pipeline runs; OOF score, the final model on every image, decisions on the
