@@ -125,9 +125,7 @@ def show_samples(data_root: str | os.PathLike, coco, classes: ClassTable,
 
     if not image_ids:
         raise ParameterError("show_samples needs at least one image id")
-    unknown = [i for i in image_ids if i not in coco.image_by_id]
-    if unknown:
-        raise ParameterError(f"image_ids {unknown[:5]} are not in {coco.path}")
+    coco.check_image_ids(image_ids)
     missing = [i for i in image_ids if predictions is not None and i not in predictions]
     if missing:
         raise ParameterError(f"predictions has no label map for image ids {missing[:5]}")

@@ -122,7 +122,8 @@ def test_final_iterations_scale_the_best_iteration_to_every_image(sample_root, t
                                  "n_train, over 3 folds = mean(30, 60, 90) x 24 / mean(")
     assert final.rule.endswith(f" = {expected}")
     # a training run with iters_from trains that long, and says why
-    from segkit.train.training import build_config, full_data_iterations
+    from segkit.train.training import build_config
+    from segkit.train.training_data import full_data_iterations
 
     params = dict(data_root=str(sample_root), fold="all", iters_from=[str(r) for r in runs],
                   **TINY_TRAIN)

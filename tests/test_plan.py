@@ -73,7 +73,7 @@ def test_plan_refuses_gpus_it_cannot_measure(sample_root):
 
 
 def test_gpu_batch_from_the_memory_probe(monkeypatch, tmp_path):
-    import segkit.search.plan as planning
+    import segkit.search.probes as planning
 
     def fake_probe(params, folder, iters, log_interval, n_val=None):  # 3 GiB an image, 80 GiB
         return planning.Probe(512, 512, params["batch_size"], 0.1, 1.0, 5.0, 3 * 2**30,

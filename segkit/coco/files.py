@@ -28,7 +28,7 @@ from pycocotools import mask as mask_utils
 from segkit.coco.checks import validate
 from segkit.coco.rle import decode_rle_counts as _decode_counts
 from segkit.core.classes import ClassTable
-from segkit.core.errors import CocoError
+from segkit.core.errors import CocoError, ParameterError
 from segkit.core.paths import atomic_path, make_folder, outputs_dir, write_text_atomic
 
 
@@ -50,6 +50,13 @@ class Coco:
         for ann in self.annotations:
             by_image[ann["image_id"]].append(ann)
         return by_image
+
+    def check_image_ids(self, image_ids, source=None) -> None:
+        """A ParameterError naming the first ids (at most 5) that are not images of this file
+        (`source`: the file named in the message, default this one's path)."""
+        unknown = [i for i in image_ids if i not in self.image_by_id]
+        if unknown:
+            raise ParameterError(f"image_ids {unknown[:5]} are not in {source or self.path}")
 
     @cached_property
     def image_by_id(self) -> dict[int, dict]:

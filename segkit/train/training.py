@@ -39,8 +39,7 @@ from segkit.core.paths import (
     write_text_atomic,
 )
 from segkit.core.trials import trial_link
-from segkit.data.sample import resolve_data_root
-from segkit.folds.split import fold_folder
+from segkit.folds.full_data import full_data_sources
 from segkit.recipe.augment import batch_augments, pipelines
 from segkit.recipe.losses import loss_config
 from segkit.recipe.parameters import TRAINING_PARAMETERS, check_training_parameters
@@ -55,52 +54,17 @@ from segkit.train.sources import (
     data_list,
     dataset_sources,
     resize_limits,
-    resolve_source,
 )
 from segkit.train.tracking import vis_backends, visualization_hook
+from segkit.train.training_data import (
+    data_record_of,
+    full_data_iterations,
+    training_files,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Config, in four parts: data, model, optimizer and schedule, runtime
 # ---------------------------------------------------------------------------------------------
-
-
-def training_files(p: dict) -> tuple[Path, Path, Path | None]:
-    """(data root, train COCO file, val COCO file) of checked parameters; a full-data run
-    (fold=all): its first training file and its holdout file, None without one
-    (`full_data_sources`)."""
-    from segkit.folds.files import fold_files
-
-    root = resolve_data_root(p["data_root"])
-    if p["train_file"]:
-        return root, resolve_output_path(p["train_file"]), resolve_output_path(p["val_file"])
-    if p["fold"] == "all":
-        files, holdout = full_data_sources(p)
-        return root, files[0], holdout
-    train, val = fold_files(fold_folder(p["data_root"], p["splits_dir"]), p["fold"])
-    return root, train, val
-
-
-def full_data_sources(p: dict) -> tuple[list[Path], Path | None]:
-    """(training COCO files, holdout file or None) of a full-data run (fold=all): every
-    training image (segkit.folds.full_data: train_all.json, else the folds' union), the
-    holdout's images left out (`holdout_file`: relative to the data root or outputs/)."""
-    from segkit.folds.full_data import full_data_sources as sources
-
-    return sources(p["data_root"], p["splits_dir"], p["holdout_file"])
-
-
-def full_data_iterations(p: dict):
-    """A full-data run's iterations from `iters_from` (segkit.recipe.final.final_iterations
-    over the images it trains on), or None without iters_from."""
-    if not p["iters_from"] or p["fold"] != "all":
-        return None
-    from segkit.folds.full_data import images_without
-    from segkit.recipe.final import final_iterations
-
-    files, holdout = full_data_sources(p)
-    held = {img["file_name"] for img in load_coco(holdout).images} if holdout else set()
-    n_all = sum(len(images_without(load_coco(f).images, held)) for f in files)
-    return final_iterations(p["iters_from"], n_all)
 
 
 def _pipelines(image_size: int, crop_size: int, augment) -> tuple[list, list]:
@@ -112,7 +76,7 @@ def _sources(p: dict, root: Path, train_file: Path, val_file: Path | None
              ) -> tuple[list, list]:
     extra = [s if isinstance(s, dict) else str(s) for s in p["extra_train_files"]]
     if p["fold"] == "all" and not p["train_file"]:  # every image, the holdout's left out
-        files, holdout = full_data_sources(p)
+        files, holdout = full_data_sources(p["data_root"], p["splits_dir"], p["holdout_file"])
         held = {"exclude": str(holdout)} if holdout else {}
         return [dict(ann_file=str(f), data_root=str(root), **held) for f in files] + extra, \
             [dict(ann_file=str(holdout), data_root=str(root))] if holdout else []
@@ -360,17 +324,6 @@ def environment_info() -> dict:
     return dict(versions=versions, python=platform.python_version(), git_commit=commit,
                 device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                 mmcv_compiled_ops=compat.mmcv_has_compiled_ops())
-
-
-def data_record_of(p: dict) -> dict:
-    """What a run of checked parameters `p` records in data.json (segkit.results.runs)."""
-    from segkit.results.run_data import data_record
-
-    root, train_file, val_file = training_files(p)
-    extra = [resolve_source(s if isinstance(s, dict) else str(s))
-             for s in p["extra_train_files"]]
-    split_dir = None if p["train_file"] else fold_folder(p["data_root"], p["splits_dir"])
-    return data_record(root, train_file, val_file, extra, split_dir, p["fold"])
 
 
 def run(**params) -> RunResult:
