@@ -28,17 +28,33 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_fiftyone(args) -> int:
+    from segkit.core.paths import outputs_dir
     from segkit.data.sample import resolve_data_root
-    from segkit.results.fiftyone_view import fiftyone_dataset, import_fiftyone
+    from segkit.results.fiftyone_view import (
+        fiftyone_dataset,
+        folder_data_root,
+        import_fiftyone,
+        prediction_folders,
+    )
 
-    dataset = fiftyone_dataset(args.folder, resolve_data_root(args.data_root),
-                               coco_file=args.coco_file, name=args.name)
-    print(f"FiftyOne dataset {dataset.name!r}: {len(dataset)} images "
-          f"({', '.join(f for f in ('predictions', 'ground_truth', 'miou') if dataset.has_field(f))})")
+    folders = prediction_folders(args.predictions, args.split)
+    splits = args.splits_dir or outputs_dir() / "splits"
+    dataset = fiftyone_dataset(
+        folders, resolve_data_root(args.data_root) if args.data_root
+        else folder_data_root(folders[0]), coco_file=args.coco_file, name=args.name,
+        splits_dir=splits, pseudo_dir=args.pseudo, duplicates=not args.no_duplicates,
+        update=args.update)
+    models = ", ".join(dataset.info["models"])
+    print(f"FiftyOne dataset {dataset.name!r}: {len(dataset)} images, models {models}; "
+          f"saved views: {', '.join(dataset.list_saved_views()) or 'none'}")
     if args.launch:
-        session = import_fiftyone().launch_app(dataset, port=args.port, address=args.address)
+        session = import_fiftyone().launch_app(dataset, port=args.port, address=args.address,
+                                               auto=False)
         print(f"FiftyOne App on http://{args.address}:{args.port}/ (Ctrl-C ends it)")
         session.wait()
+    else:
+        print(f"open it: segkit fiftyone {' '.join(map(str, args.predictions))} --launch, or "
+              f"fiftyone app launch {dataset.name}")
     return 0
 
 
@@ -56,14 +72,25 @@ def add_commands(sub) -> None:
     p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK.ipynb",
                    help="executed notebooks, e.g. outputs/pipelines/demo/05_predict.ipynb")
 
-    p = add_command(sub, "fiftyone", _cmd_fiftyone, "a prediction folder as a FiftyOne dataset: "
-                    "predictions, ground truth and per-image mIoU (extra: fiftyone)")
-    p.add_argument("folder", help="a prediction folder, e.g. outputs/predictions/RUN/val")
+    p = add_command(sub, "fiftyone", _cmd_fiftyone, "prediction folders as a FiftyOne dataset: "
+                    "ground truth, each model's predictions, per-image mIoU and per-class IoU, "
+                    "fold, near-duplicate cluster, disagreement; saved views (extra: fiftyone)")
+    p.add_argument("predictions", nargs="+", metavar="RUN_OR_PREDICTIONS",
+                   help="run names (their outputs/predictions/RUN/SPLIT) or prediction folders")
+    p.add_argument("--split", default="val", help="the split of run names (default: val)")
     p.add_argument("--data-root", default="", help="the folder the images' file names are "
-                                                   "relative to ('': the embedded sample)")
+                   "relative to (default: the first run's data root)")
     p.add_argument("--coco-file", default=None,
                    help="ground truth (default: the COCO file the folder was predicted from)")
+    p.add_argument("--splits-dir", default=None,
+                   help="folds, for each image's fold (default: outputs/splits)")
+    p.add_argument("--pseudo", default=None, help="a pseudo-label folder (06), for each "
+                   "image's kept share")
+    p.add_argument("--no-duplicates", action="store_true",
+                   help="skip the near-duplicate clusters (hashing every image)")
     p.add_argument("--name", default="", help="the dataset's name (default: RUN_SPLIT)")
+    p.add_argument("--update", action="store_true", help="add to the dataset of that name: "
+                   "rebuilt from its recorded folders and these")
     p.add_argument("--launch", action="store_true", help="open it in the FiftyOne App")
     p.add_argument("--port", type=int, default=5151, help="the App's port")
     p.add_argument("--address", default="localhost",

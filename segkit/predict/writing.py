@@ -7,6 +7,7 @@ A prediction folder (`outputs/predictions/<run>/<split>/`) holds:
                          matches what is asked
     probs/<image_id>.npy uint8 (C, H, W): class probabilities quantised as round(p * 255)
     labels/<image_id>.png full-size label maps (when asked: scoring at the annotated size)
+    per_image.csv        for the validation split: each image's mIoU, lowest first (05's table)
     submission.csv       for the test split
 
 Example:
@@ -23,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from segkit.core.errors import SegkitError, SubmissionError
-from segkit.core.paths import atomic_folder, outputs_dir
+from segkit.core.paths import atomic_folder, outputs_dir, write_table
 from segkit.predict.options import PredictOptions
 from segkit.results.predictions import (
+    PER_IMAGE_FILE,
     Evaluation,
     PredictionFolder,
     evaluate,
@@ -172,7 +174,9 @@ def predict_validation(run: str | os.PathLike | Run, options: PredictOptions = P
     folder = predict_run(run, "val", options, coco_file=coco.path, data_root=data_root,
                          out_dir=prediction_dir(run, "val", name), save_full_labels=True,
                          batch_size=batch_size, progress=progress)
-    return folder, evaluate(folder.path, coco)
+    evaluation = evaluate(folder.path, coco)
+    write_table(evaluation.per_image.set_index("image_id"), folder.path / PER_IMAGE_FILE)
+    return folder, evaluation
 
 
 def predict_test(run: str | os.PathLike | Run, options: PredictOptions = PredictOptions(), *,

@@ -20,6 +20,7 @@ from segkit.core.paths import atomic_path, read_json_file, write_text_atomic
 from segkit.submission.vote import check_weights
 
 PROB_SCALE = 255.0
+PER_IMAGE_FILE = "per_image.csv"  # 05's per-image table, beside a validation folder's probs
 
 
 def quantize_probs(probs: np.ndarray) -> np.ndarray:
@@ -240,6 +241,10 @@ class Evaluation:
     miou: float
     per_class: pd.DataFrame  # IoU, accuracy (recall) and truth pixels per class
     per_image: pd.DataFrame  # image_id, file_name, mIoU; lowest first: label-noise candidates
+    # per image (index image_id, in the COCO file's order) and class: IoU (NaN where the class
+    # is neither in the truth nor predicted) and truth pixels
+    image_iou: pd.DataFrame | None = None
+    image_truth_pixels: pd.DataFrame | None = None
 
 
 def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
@@ -260,7 +265,7 @@ def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
                           f"{coco.path}'s {list(classes.names)}")
     truth_paths = cached_label_maps(coco, classes)
     total = ConfusionMatrix(classes.num_classes)
-    rows = []
+    rows, image_iou, image_truth = [], [], []
     for img in coco.images:
         truth = read_label(truth_paths[img["id"]])
         pred = folder.label(img["id"])
@@ -269,9 +274,17 @@ def evaluate(pred_dir: str | os.PathLike, coco, classes=None) -> Evaluation:
             truth = cv2.resize(truth, pred.shape[::-1], interpolation=cv2.INTER_NEAREST)
         cm = total.update(pred, truth)
         rows.append((img["id"], img["file_name"], miou(cm)))
+        image_iou.append(per_class_iou(cm))
+        image_truth.append(cm.sum(1))
+    ids = pd.Index([img["id"] for img in coco.images], name="image_id")
+    names = list(classes.names)
+    image_iou = pd.DataFrame(np.array(image_iou).reshape(len(ids), len(names)), index=ids,
+                             columns=names)
+    image_truth = pd.DataFrame(np.array(image_truth).reshape(len(ids), len(names)), index=ids,
+                               columns=names)
     cm = total.matrix
     per_class = pd.DataFrame({"IoU": per_class_iou(cm), "accuracy": per_class_accuracy(cm),
                               "truth_pixels": cm.sum(1)}, index=list(classes.names))
     per_image = pd.DataFrame(rows, columns=["image_id", "file_name", "mIoU"]).sort_values(
         ["mIoU", "image_id"]).reset_index(drop=True)
-    return Evaluation(cm, miou(cm), per_class, per_image)
+    return Evaluation(cm, miou(cm), per_class, per_image, image_iou, image_truth)
