@@ -192,24 +192,27 @@ def _check_folders(folders: list[PredictionFolder], root: Path) -> None:
 
 
 def _scores(folders, keys, coco):
-    """Per model key: the folder's Evaluation against `coco` (None without annotations)."""
+    """Per model key: the folder's Evaluation against `coco` and its per-image mIoU by image
+    id (None without annotations)."""
     from segkit.core.classes import ClassTable
     from segkit.results.predictions import evaluate
 
     if coco is None or not coco.annotations:
         return None
     classes = ClassTable.for_coco(coco.categories)
-    return {key: evaluate(folder.path, coco, classes) for key, folder in zip(keys, folders)}
+    scores = {}
+    for key, folder in zip(keys, folders):
+        evaluation = evaluate(folder.path, coco, classes)
+        scores[key] = (evaluation, evaluation.per_image.set_index("image_id")["mIoU"])
+    return scores
 
 
 def _score_fields(fo, image_id, keys, evaluations) -> dict:
     fields: dict = {}
-    first = evaluations[keys[0]]
-    truth = first.image_truth_pixels.loc[image_id]
+    truth = evaluations[keys[0]][0].image_truth_pixels.loc[image_id]
     fields["gt_classes"] = [c for c in truth.index if truth[c] > 0]
     for key in keys:
-        evaluation = evaluations[key]
-        per_image = evaluation.per_image.set_index("image_id")["mIoU"]
+        evaluation, per_image = evaluations[key]
         ious = evaluation.image_iou.loc[image_id]
         fields[f"miou_{key}"] = float(per_image[image_id])
         fields[f"iou_{key}"] = fo.DynamicEmbeddedDocument(**{

@@ -30,14 +30,22 @@ class Probe:
     load: float = 0.0  # the machine's load average when the probe started
 
 
-def _read_peak() -> float:
-    """This process's peak resident memory since the last reset (Linux), in bytes."""
+def _proc_bytes(path: str, field: str) -> float | None:
+    """A "Field: N kB" line of a /proc file, in bytes; None where it cannot be read (not Linux)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return float(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _read_peak() -> float:
+    """This process's peak resident memory since the last reset (Linux), in bytes."""
+    peak = _proc_bytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -47,12 +55,10 @@ def _reset_peak() -> float:
     """Reset the peak memory counter (Linux's clear_refs); returns the resident memory now."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) * 1024
     except OSError:
-        pass
-    return _read_peak()
+        return _read_peak()
+    now = _proc_bytes("/proc/self/status", "VmRSS")
+    return now if now is not None else _read_peak()
 
 
 def _available_memory(cuda: bool) -> float:
@@ -60,13 +66,8 @@ def _available_memory(cuda: bool) -> float:
         import torch
 
         return float(torch.cuda.get_device_properties(0).total_memory)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
+    available = _proc_bytes("/proc/meminfo", "MemAvailable")
+    return available if available is not None else float("inf")
 
 
 def probe_run(params: dict, folder: Path, iters: int, log_interval: int,
